@@ -1,0 +1,1 @@
+"""Corpus encoding job, retrieval scoring, metrics, baselines, reports and faiss export."""

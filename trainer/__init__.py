@@ -1,0 +1,1 @@
+"""Training: tag semantics, encoders, quantizers, losses, methods and the Ray Train loop."""
