@@ -1,0 +1,77 @@
+"""Encoders: shapes, the transform layer, and torchvision-compatible ResNet weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.encoders import EncoderConfig, build_encoder, resnet18, resnet50
+
+
+def _conv(c_in, c_out, k):
+    return c_in * c_out * k * k
+
+
+def _bn(c):
+    return 2 * c
+
+
+def test_resnet18_parameter_count_equals_torchvisions_counted_by_hand():
+    stem = _conv(3, 64, 7) + _bn(64)
+    layer1 = 2 * (2 * (_conv(64, 64, 3) + _bn(64)))
+    total = stem + layer1
+    for c_in, c in ((64, 128), (128, 256), (256, 512)):
+        first = _conv(c_in, c, 3) + _bn(c) + _conv(c, c, 3) + _bn(c) + _conv(c_in, c, 1) + _bn(c)
+        second = 2 * (_conv(c, c, 3) + _bn(c))
+        total += first + second
+    total += 512 * 1000 + 1000  # fc
+    assert total == 11_689_512  # torchvision.models.resnet18().parameters() sum, as published
+    assert sum(p.numel() for p in resnet18(num_classes=1000).parameters()) == total
+    assert sum(p.numel() for p in resnet50(num_classes=1000).parameters()) == 25_557_032
+
+
+def test_resnet18_torchvision_state_dict_round_trips_through_a_file(tmp_path):
+    src = resnet18(num_classes=1000)
+    keys = list(src.state_dict())
+    # torchvision's names, spot-checked (including BN running stats and the downsample path)
+    for k in ("conv1.weight", "bn1.running_mean", "layer2.0.downsample.0.weight",
+              "layer2.0.downsample.1.num_batches_tracked", "layer4.1.bn2.bias", "fc.weight"):
+        assert k in keys
+    assert len(keys) == 122
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    enc = build_encoder(EncoderConfig(kind="resnet18", weights=str(path)), embed_dim=8)
+    got = enc.backbone.state_dict()
+    assert set(got) == {k for k in keys if not k.startswith("fc.")}
+    for k, v in got.items():
+        assert torch.equal(v, src.state_dict()[k]), k
+
+
+def test_resnet_weights_with_wrong_keys_fail_naming_the_keys(tmp_path):
+    path = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="features.0.weight"):
+        build_encoder(EncoderConfig(kind="resnet18", weights=str(path)), embed_dim=8)
+
+
+def test_weights_that_need_unpickling_are_refused(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "evil": object()}, path)
+    with pytest.raises(ValueError, match="weights-only"):
+        build_encoder(EncoderConfig(kind="resnet18", weights=str(path)), embed_dim=8)
+
+
+def test_small_cnn_encoder_outputs_tanh_embeddings_of_the_tag_dimension():
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(kind="small_cnn", width=8, num_classes=5), embed_dim=12)
+    f, logits = enc(torch.randn(4, 3, 32, 32), with_logits=True)
+    assert f.shape == (4, 12) and logits.shape == (4, 5)
+    assert float(f.detach().abs().max()) < 1.0
+    assert torch.equal(enc.head.fc.bias.detach(), torch.zeros(12))
+    assert abs(float(enc.head.fc.weight.std()) - 0.01) < 0.003
+
+
+def test_mlp_encoder_over_features_and_missing_input_size_is_named():
+    enc = build_encoder(EncoderConfig(kind="mlp", in_features=20, hidden=16), embed_dim=6)
+    assert enc(torch.randn(3, 20)).shape == (3, 6)
+    with pytest.raises(ValueError, match="encoder.in_features"):
+        build_encoder(EncoderConfig(kind="mlp"), embed_dim=6)

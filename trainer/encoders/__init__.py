@@ -1,0 +1,84 @@
+"""Encoders: backbone -> transform layer -> raw tanh embedding f, shape (B, embed_dim).
+
+``build_encoder(cfg, embed_dim)`` is the one entry point. An encoder may carry a classification head
+(DPQ's multi-task loss); ``forward(x, with_logits=True)`` then also returns the logits, so one
+(DDP-wrappable) module produces everything a training step needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from trainer.encoders.backbones import (SmallCNN, external_backbone, load_backbone_weights,
+                                        read_state_dict, resnet18, resnet50)
+from trainer.encoders.features import FeatureMLP
+from trainer.encoders.heads import TransformHead
+
+
+@dataclass
+class EncoderConfig:
+    """kind: ``small_cnn`` (demo/tests), ``resnet18``/``resnet50`` (pure torch, torchvision key names),
+    ``mlp`` (features mode over ``feat.npy``), ``torchvision``/``timm`` (model ``name``, when installed)."""
+
+    kind: Literal["small_cnn", "resnet18", "resnet50", "mlp", "torchvision", "timm"] = "small_cnn"
+    name: str = ""  # model name for torchvision / timm
+    weights: str | None = None  # torchvision-format state dict (local path or s3://) for resnet18/50
+    pretrained: bool = False  # torchvision / timm: download their default weights
+    width: int = 32  # small_cnn base width
+    in_features: int = 0  # mlp: length of feat.npy
+    hidden: int = 512  # mlp hidden width
+    dropout: float = 0.0  # mlp dropout; also applied before the transform layer for image backbones
+    num_classes: int = 0  # >0 adds a classification head on the backbone features (DPQ)
+
+
+class Encoder(nn.Module):
+    """backbone -> (dropout) -> TransformHead; optional classifier on the backbone features."""
+
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = TransformHead(backbone.out_dim, embed_dim)
+        self.classifier = None
+        if num_classes:
+            self.classifier = nn.Linear(backbone.out_dim, num_classes)
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
+        self.embed_dim = embed_dim
+
+    def forward(self, x: torch.Tensor, with_logits: bool = False):
+        h = self.dropout(self.backbone(x))
+        f = self.head(h)
+        if not with_logits:
+            return f
+        if self.classifier is None:
+            raise ValueError("forward(with_logits=True) needs encoder.num_classes > 0")
+        return f, self.classifier(h)
+
+
+def build_backbone(cfg: EncoderConfig) -> nn.Module:
+    if cfg.kind == "small_cnn":
+        return SmallCNN(cfg.width)
+    if cfg.kind == "mlp":
+        return FeatureMLP(cfg.in_features, cfg.hidden, cfg.dropout)
+    if cfg.kind in ("resnet18", "resnet50"):
+        model = resnet18() if cfg.kind == "resnet18" else resnet50()
+        if cfg.weights:
+            load_backbone_weights(model, read_state_dict(cfg.weights), cfg.weights)
+        return model
+    if cfg.kind in ("torchvision", "timm"):
+        if not cfg.name:
+            raise ValueError(f"encoder.name is required for encoder.kind '{cfg.kind}'")
+        return external_backbone(cfg.kind, cfg.name, cfg.pretrained)
+    raise ValueError(f"encoder.kind: unknown kind {cfg.kind!r}")
+
+
+def build_encoder(cfg: EncoderConfig, embed_dim: int) -> Encoder:
+    dropout = 0.0 if cfg.kind == "mlp" else cfg.dropout  # the MLP applies its own
+    return Encoder(build_backbone(cfg), embed_dim, cfg.num_classes, dropout)
+
+
+__all__ = ["EncoderConfig", "Encoder", "build_encoder", "build_backbone", "resnet18", "resnet50"]

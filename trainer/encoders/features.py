@@ -1,0 +1,19 @@
+"""Features mode: an MLP over precomputed ``feat.npy`` vectors (e.g. CLIP or ResNet pool features)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FeatureMLP(nn.Module):
+    """Features mode: an MLP over precomputed ``feat.npy`` vectors (one hidden layer)."""
+
+    def __init__(self, in_features: int, hidden: int = 512, dropout: float = 0.0):
+        super().__init__()
+        if in_features <= 0:
+            raise ValueError("encoder.in_features must be set (the length of feat.npy) for kind 'mlp'")
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
