@@ -1,0 +1,100 @@
+"""The few collectives the training loop needs, over torch.distributed.
+
+Each is the identity when no process group is up (world size 1, Ray Train local mode, a plain
+script), so the same loop and the same codebook update run in one process or on N workers. Sums go
+through float64 tensors so a 2-worker and a 1-worker run reduce the same numbers to the same result
+up to rounding; row gathers come back ordered by each row's global sample index, so the gathered
+sample does not depend on how samples were split across ranks.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def _comm_device() -> torch.device:
+    """nccl only moves CUDA tensors; gloo moves CPU tensors."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks; returns a new tensor on ``t``'s device with ``t``'s dtype."""
+    if not is_distributed():
+        return t.clone()
+    buf = t.detach().to(_comm_device()).contiguous().clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """Mean of per-rank scalars (one all-reduce for the whole dict, keys in sorted order)."""
+    if not values:
+        return {}
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t = all_reduce_sum(t) / world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def all_reduce_max(value: float) -> float:
+    if not is_distributed():
+        return float(value)
+    buf = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return float(buf.item())
+
+
+def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s ``t`` on every rank (same shape and dtype required everywhere)."""
+    if not is_distributed():
+        return t
+    buf = t.detach().to(_comm_device()).contiguous().clone()
+    dist.broadcast(buf, src=src)
+    return buf.to(t.device)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (small Python objects only: RNG states, counters)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_rows(rows: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' ``rows`` (N_r, D) stacked on every rank, sorted by their global ``index`` (N_r,).
+
+    Ranks may hold different numbers of rows; the result is the same on every rank and the same as
+    a single process holding all the rows, which is what makes a k-means initialisation from a
+    gathered sample independent of the world size.
+    """
+    rows = rows.detach().cpu()
+    index = index.detach().cpu().to(torch.int64)
+    if is_distributed():
+        parts = all_gather_object((rows.numpy(), index.numpy()))
+        rows = torch.cat([torch.from_numpy(r) for r, _ in parts])
+        index = torch.cat([torch.from_numpy(i) for _, i in parts])
+    order = torch.argsort(index, stable=True)
+    return rows[order], index[order]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
