@@ -1,0 +1,71 @@
+import faiss
+import numpy as np
+import pytest
+
+from eval.baselines import METHODS, BaselineConfig, train_baseline
+from eval.faiss_export import additive_index, export
+from eval.scoring import decode, lookup_tables, search_aqd
+
+
+@pytest.mark.parametrize("kind", ["additive", "progressive"])
+def test_faiss_export_ranking_equals_project_aqd_ranking(kind, tmp_path):
+    rng = np.random.default_rng(0)
+    cb = rng.standard_normal((4, 256, 16)).astype(np.float32)
+    codes = rng.integers(0, 256, (3000, 4)).astype(np.uint8)
+    q = rng.standard_normal((25, 16)).astype(np.float32)
+    ours_s, ours_i = search_aqd(lookup_tables(q, cb), codes, k=50, db_chunk=1000)
+    export(cb, codes, tmp_path / "codes.faiss", kind)
+    index = faiss.read_index(str(tmp_path / "codes.faiss"))
+    d, i = index.search(q, 50)
+    assert np.array_equal(i, ours_i)
+    np.testing.assert_allclose(d, ours_s, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(index.sa_decode(codes[:5]), decode(codes[:5], cb), rtol=1e-5, atol=1e-5)
+
+
+def test_faiss_export_packs_4_bit_codes():
+    rng = np.random.default_rng(1)
+    cb = rng.standard_normal((3, 16, 8)).astype(np.float32)
+    codes = rng.integers(0, 16, (400, 3)).astype(np.uint8)
+    q = rng.standard_normal((5, 8)).astype(np.float32)
+    d, _ = additive_index(cb, codes).search(q, 10)
+    # identical 12-bit codes tie exactly, and faiss orders ties its own way: compare the scores
+    np.testing.assert_allclose(d, search_aqd(lookup_tables(q, cb), codes, k=10)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_faiss_export_refuses_codes_with_the_wrong_m():
+    cb = np.zeros((4, 256, 8), np.float32)
+    with pytest.raises(ValueError, match=r"shape \(10, 3\).*M=4"):
+        additive_index(cb, np.zeros((10, 3), np.uint8))
+
+
+def test_every_baseline_yields_additive_codes_and_learned_ones_beat_random():
+    rng = np.random.default_rng(2)
+    # low-rank features so 2 x 8-bit codes can capture most of them; D=10 is not a multiple of M=4
+    x = (rng.standard_normal((1000, 3)) @ rng.standard_normal((3, 10))).astype(np.float32)
+    cfg = BaselineConfig(lsq_train_iters=3, opq_iters=3)
+    err = {}
+    for method in METHODS:
+        b = train_baseline(method, x, x[:500], x[500:510], m=4, nbits=4, cfg=cfg)
+        assert b.db_codes.shape == (500, 4) and b.db_codes.dtype == np.uint8
+        assert b.query_codes.shape == (10, 4) and b.codebooks.shape[:2] == (4, 16)
+        assert int(b.db_codes.max()) < 16
+        rec = decode(b.db_codes, b.codebooks)[:, :10]
+        err[method] = float(((rec - x[:500]) ** 2).sum() / (x[:500] ** 2).sum())
+    assert err["random"] > 0.9
+    for method in ("pq", "opq", "residual", "lsq"):
+        assert err[method] < 0.2, (method, err)
+
+
+def test_pq_baseline_in_additive_form_decodes_like_faiss_pq():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 8)).astype(np.float32)
+    b = train_baseline("pq", x, x[:50], x[:2], m=2)
+    pq = faiss.ProductQuantizer(8, 2, 8)
+    pq.train(x)  # same data and seed -> same k-means
+    np.testing.assert_allclose(decode(b.db_codes, b.codebooks), pq.decode(pq.compute_codes(x[:50])),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_baseline_is_named():
+    with pytest.raises(ValueError, match="'itq'"):
+        train_baseline("itq", np.zeros((10, 4), np.float32), np.zeros((1, 4)), np.zeros((1, 4)), m=2)
