@@ -1,0 +1,126 @@
+"""Inference checkpoints: what ``eval.encode`` needs to turn images into codes, nothing more.
+
+A checkpoint directory (local path or s3:// prefix) holds ``model.pt`` (encoder state dict,
+``torch.save``), ``quantizer.npz`` (``Quantizer.save``), ``icm_weights.npy`` (the tag directions ICM
+measures errors along; additive quantizers only) and ``meta.json``. Loading never unpickles:
+``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.config import from_dict, to_dict
+from trainer.losses import reading_target
+
+FILES = ("model.pt", "quantizer.npz", "meta.json")
+
+
+class InferenceModel:
+    """encoder (eval mode) + quantizer: ``embed(x)`` gives the vectors the codes quantize (and the
+    query side of AQD scoring), ``encode(x)`` gives uint8 codes (N, M)."""
+
+    def __init__(self, encoder: nn.Module, quantizer, space: str, icm_weights: torch.Tensor | None,
+                 meta: dict):
+        self.encoder, self.quantizer, self.space, self.icm_weights, self.meta = (
+            encoder, quantizer, space, icm_weights, meta)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.encoder(x)
+        return reading_target(f, "sphere") if self.space == "z" else f
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.embed(x)
+        q = self.quantizer
+        if q.kind == "additive":
+            # fixed generator: the same image always gets the same ICM codes
+            return q.encode(e.to(q.codebooks.device), self.icm_weights,
+                            generator=torch.Generator().manual_seed(0))
+        return q.encode(e)
+
+
+def _storage():
+    from shards import storage  # lazy: only s3:// checkpoints need boto3
+
+    return storage
+
+
+def _write(dir_url: str, name: str, data: bytes) -> None:
+    if dir_url.startswith("s3://"):
+        s = _storage()
+        s.write_bytes(s.join(dir_url, name), data)
+    else:
+        Path(dir_url).mkdir(parents=True, exist_ok=True)
+        tmp = Path(dir_url) / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(Path(dir_url) / name)
+
+
+def _read(dir_url: str, name: str) -> bytes:
+    if dir_url.startswith("s3://"):
+        s = _storage()
+        return s.read_bytes(s.join(dir_url, name))
+    p = Path(dir_url) / name
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {dir_url}: missing {name}")
+    return p.read_bytes()
+
+
+def save_inference(dir_url: str, method, meta: dict) -> dict:
+    """Write an inference checkpoint of ``method`` (a ``trainer.methods.Method``); ``meta`` adds
+    e.g. ``epoch`` and ``tag_semantics_hash``. Returns the meta written."""
+    q = method.quantizer
+    full = {"method": method.cfg.name, "method_config": to_dict(method.cfg),
+            "encoder_config": to_dict(method.encoder_cfg), "embed_dim": method.cfg.embed_dim,
+            "code_bits": int(q.M * np.log2(q.K)), "M": q.M, "K": q.K, "quantizer_kind": q.kind,
+            "quantized": method.quantized_space, "icm_weights": None, **meta}
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}, buf)
+    _write(dir_url, "model.pt", buf.getvalue())
+    buf = io.BytesIO()
+    q.save(buf)
+    _write(dir_url, "quantizer.npz", buf.getvalue())
+    if method.icm_weights is not None:
+        buf = io.BytesIO()
+        np.save(buf, method.icm_weights.detach().cpu().numpy().astype(np.float32))
+        _write(dir_url, "icm_weights.npy", buf.getvalue())
+        full["icm_weights"] = "icm_weights.npy"
+    _write(dir_url, "meta.json", json.dumps(full, indent=1, sort_keys=True).encode())
+    return full
+
+
+def load_inference(dir_url: str, device: str | torch.device = "cpu") -> InferenceModel:
+    """Rebuild the encoder from ``meta.json``, load its weights (weights only), eval mode."""
+    from trainer.encoders import EncoderConfig, build_encoder
+    from trainer.quantizers import load_quantizer
+
+    dir_url = str(dir_url)
+    try:
+        meta = json.loads(_read(dir_url, "meta.json"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint {dir_url}: meta.json is not JSON ({e})") from None
+    for key in ("encoder_config", "embed_dim", "quantized"):
+        if key not in meta:
+            raise ValueError(f"checkpoint {dir_url}: meta.json lacks {key!r}")
+    enc_cfg = from_dict(EncoderConfig, dict(meta["encoder_config"], weights=None, pretrained=False))
+    encoder = build_encoder(enc_cfg, meta["embed_dim"])
+    try:
+        state = torch.load(io.BytesIO(_read(dir_url, "model.pt")), map_location="cpu", weights_only=True)
+        encoder.load_state_dict(state)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"checkpoint {dir_url}: model.pt does not fit the encoder in meta.json ({e})") from None
+    encoder.to(device).eval()
+    quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    weights = None
+    if meta.get("icm_weights"):
+        weights = torch.from_numpy(np.load(io.BytesIO(_read(dir_url, meta["icm_weights"])), allow_pickle=False))
+    if hasattr(quantizer, "to") and isinstance(quantizer, nn.Module):
+        quantizer.to(device).eval()
+    return InferenceModel(encoder, quantizer, meta["quantized"], weights, meta)
