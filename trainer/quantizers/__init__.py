@@ -1,0 +1,30 @@
+"""Quantizers: WSDHQ's additive (ICM + ridge LS) and DPQ's progressive (residual, cosine) kinds.
+
+One interface (``encode`` -> uint8 (N, M), ``decode``, ``lut``, ``save`` / ``load`` to ``.npz``);
+``load_quantizer(path)`` reads either kind.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO
+
+from .additive import AdditiveQuantizer, AdditiveQuantizerConfig
+from .base import Quantizer, read_npz
+from .icm import distortion, icm_encode
+from .progressive import ProgressiveOutput, ProgressiveQuantizer, ProgressiveQuantizerConfig
+from .statistics import CodebookStatistics, solve_codebooks
+
+KINDS: dict[str, type[Quantizer]] = {"additive": AdditiveQuantizer, "progressive": ProgressiveQuantizer}
+
+
+def load_quantizer(path: str | Path | IO[bytes]) -> Quantizer:
+    """The quantizer saved at ``path`` (a path or binary file), of whichever kind it holds."""
+    kind, params, codebooks = read_npz(path)
+    if kind not in KINDS:
+        raise ValueError(f"{path}: unknown quantizer kind {kind!r}; known: {sorted(KINDS)}")
+    return KINDS[kind]._from_params(params, codebooks)
+
+
+__all__ = ["AdditiveQuantizer", "AdditiveQuantizerConfig", "CodebookStatistics", "ProgressiveOutput",
+           "ProgressiveQuantizer", "ProgressiveQuantizerConfig", "Quantizer", "distortion",
+           "icm_encode", "load_quantizer", "solve_codebooks"]

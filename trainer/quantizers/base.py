@@ -1,0 +1,124 @@
+"""The verbs every quantizer shares: decode, look-up tables, and `.npz` persistence.
+
+Shaped after faiss's ``contrib/torch/quantization.py`` (``train`` / ``encode`` / ``decode`` on torch
+tensors), with ``lut`` added for asymmetric inner-product scoring. Inputs may be torch tensors or
+numpy arrays; outputs are always torch tensors (codes ``uint8``, vectors in the codebooks' dtype).
+
+Both kinds decode the same way, x̂ = Σ_m c_{m, b_m}: the additive quantizer's codebooks are
+full-dimensional, and the progressive quantizer's levels are residual codebooks, so a code prefix
+``codes[:, :l]`` decodes to the first l levels' sum. That is why ``decode`` and ``lut`` live here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def as_float_tensor(x: Any, name: str = "x", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A 2-D float tensor from a tensor or array; one clear error otherwise."""
+    t = torch.as_tensor(x)
+    if t.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D (N, D) array, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.float()
+    return t if dtype is None else t.to(dtype)
+
+
+def as_codes(codes: Any, num_codebooks: int, codebook_size: int) -> torch.Tensor:
+    """Codes as int64 (N, m) with m <= num_codebooks and every value < codebook_size."""
+    c = torch.as_tensor(codes)
+    if c.ndim != 2 or c.shape[1] > num_codebooks or c.dtype.is_floating_point:
+        raise ValueError(f"codes: expected an integer (N, m<={num_codebooks}) array, "
+                         f"got {c.dtype} {tuple(c.shape)}")
+    c = c.long()
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= codebook_size):
+        raise ValueError(f"codes: values must lie in [0, {codebook_size}), "
+                         f"got [{int(c.min())}, {int(c.max())}]")
+    return c
+
+
+class Quantizer:
+    """Common interface: ``encode``, ``decode``, ``lut``, ``save`` / ``load``; codebooks (M, K, D).
+
+    Subclasses set ``kind``, hold ``codebooks`` and implement ``encode``, ``_params`` (JSON-able
+    constructor arguments) and ``_from_params``.
+    """
+
+    kind: ClassVar[str]
+    codebooks: torch.Tensor
+
+    @property
+    def M(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def K(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def D(self) -> int:
+        return self.codebooks.shape[2]
+
+    def encode(self, x: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def decode(self, codes: Any) -> torch.Tensor:
+        """Sum of the chosen codewords, (N, D); a code matrix with m < M columns decodes its prefix."""
+        c = as_codes(codes, self.M, self.K)
+        m = c.shape[1]
+        table = self.codebooks.detach()[:m].reshape(m * self.K, self.D)
+        offsets = torch.arange(m, device=c.device) * self.K
+        # embedding_bag sums the m looked-up rows without materialising an (N, m, D) tensor.
+        return F.embedding_bag(c + offsets, table, mode="sum")
+
+    @torch.no_grad()
+    def lut(self, queries: Any) -> torch.Tensor:
+        """Inner products q·c_mk, (Q, M, K): the asymmetric score of code b is Σ_m lut[q, m, b_m]."""
+        q = as_float_tensor(queries, "queries", self.codebooks.dtype)
+        if q.shape[1] != self.D:
+            raise ValueError(f"queries: expected dimension {self.D}, got {q.shape[1]}")
+        return torch.einsum("qd,mkd->qmk", q, self.codebooks.detach())
+
+    def _params(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def _from_params(cls, params: dict, codebooks: torch.Tensor) -> "Quantizer":  # pragma: no cover
+        raise NotImplementedError
+
+    def save(self, path: str | Path | IO[bytes]) -> None:
+        """Write ``kind``, the JSON params and the codebooks as plain arrays (a path or binary file)."""
+        np.savez(path, kind=np.array(self.kind), params=np.array(json.dumps(self._params())),
+                 codebooks=self.codebooks.detach().cpu().numpy())
+
+    @classmethod
+    def load(cls, path: str | Path | IO[bytes]) -> "Quantizer":
+        """Read a quantizer written by ``save`` (``allow_pickle=False``); the kind must match."""
+        kind, params, codebooks = read_npz(path)
+        if kind != cls.kind:
+            raise ValueError(f"{path}: holds a {kind!r} quantizer, not {cls.kind!r}")
+        return cls._from_params(params, codebooks)
+
+
+def read_npz(path: str | Path | IO[bytes]) -> tuple[str, dict, torch.Tensor]:
+    """(kind, params, codebooks) from a quantizer ``.npz``; errors name the file and the key."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, ValueError) as e:  # not a zip: numpy would want to unpickle it
+        raise ValueError(f"{path}: cannot read quantizer .npz ({e})") from e
+    with z:
+        missing = {"kind", "params", "codebooks"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: not a quantizer file, missing {sorted(missing)}")
+        kind, params, codebooks = str(z["kind"]), json.loads(str(z["params"])), z["codebooks"]
+    if codebooks.ndim != 3:
+        raise ValueError(f"{path}: codebooks must be (M, K, D), got shape {codebooks.shape}")
+    return kind, params, torch.from_numpy(codebooks)
