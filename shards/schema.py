@@ -83,7 +83,7 @@ def encode_sample(key: str, image: bytes, image_ext: str, tags: list[str], label
     return sample
 
 
-def decode_fields(raw: dict) -> dict:
+def decode_fields(raw: dict, need_image: bool = True) -> dict:
     """Decode the non-image fields of a raw sample (image bytes stay bytes).
 
     Raises ``SampleError`` with a skip reason: ``missing_image``, ``missing_tags``, ``bad_tags``
@@ -92,11 +92,13 @@ def decode_fields(raw: dict) -> dict:
     key = raw.get("__key__", "?")
     where = f"{raw.get('__url__', '?')}:{key}"
     ext = image_field(raw)
-    if ext is None:
+    if ext is None and need_image:
         raise SampleError("missing_image", f"{where}: no image field ({'/'.join(IMAGE_EXTS)})")
     if "tags.json" not in raw:
         raise SampleError("missing_tags", f"{where}: no tags.json")
-    out = {"__key__": key, "__url__": raw.get("__url__"), "image_ext": ext, "image": raw[ext]}
+    out = {"__key__": key, "__url__": raw.get("__url__")}
+    if ext is not None:
+        out["image_ext"], out["image"] = ext, raw[ext]
     out["tags"] = _json_strings(raw["tags.json"], "bad_tags", where)
     out["labels"] = _json_strings(raw["labels.json"], "bad_labels", where) if "labels.json" in raw else []
     if "txt" in raw:

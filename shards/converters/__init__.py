@@ -1,0 +1,1 @@
+"""Source layouts -> shard sets. Each converter streams its source into a ``DatasetWriter``."""

@@ -1,0 +1,319 @@
+"""The streaming reader: shard sets -> batches, for training (``train=True``) and encoding (``train=False``).
+
+Tar reading is webdataset's (``url_opener`` -> ``tar_file_expander`` -> ``group_by_keys``, with a
+counting handler; ``ResampledShards(deterministic=True)``; its shuffle buffer). What is written here
+is the part webdataset leaves to the user: which shards each (rank, DataLoader worker) *slot* reads,
+and how many batches it yields, computed from the manifest counts so no rank ever waits on another.
+
+* ``train=True``: shards are shuffled by ``(seed, epoch)`` identically on every rank and dealt to the
+  ``world_size * num_workers`` slots; each rank yields exactly ``total // (world_size*batch_size)``
+  batches, a slot cycling its shards again if they run short (as open_clip's ``with_epoch``).
+  With ``resample`` each slot instead draws shards with replacement, seeded by (seed, epoch, slot).
+* ``train=False``: manifest order, no augmentation, no padding, every sample exactly once across all
+  ranks; ``len(loader)`` is this rank's batch count (partial last batches per worker).
+* Fewer shards than slots: every slot reads every shard and keeps the samples whose global index
+  ``% slots == slot`` (correct for both modes; costs ``slots`` times the reads, fine for small sets,
+  so the loader logs it). Convert with a smaller ``--max-count`` to avoid it.
+
+Bad samples are skipped and counted by reason in ``loader.skips`` (logged at the end of each pass);
+a missing shard or a shard whose byte size disagrees with the manifest is refused before streaming.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from itertools import count
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+from webdataset.utils import make_seed
+
+from shards import storage
+from shards.images import DEFAULT_MAX_PIXELS, decode_rgb
+from shards.manifest import Manifest, ManifestError
+from shards.schema import IMAGE_EXTS, SampleError, decode_fields
+from shards.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+_SKIPS = "_skips"  # key of the per-worker marker dict that carries skip counts back to the Loader
+
+
+@dataclass
+class ReaderConfig:
+    batch_size: int = 64
+    image_size: int = 224
+    augment: bool = True  # random resized crop + flip; only when train=True
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    shuffle_buffer: int = 1000  # samples; only when train=True
+    num_workers: int = 2
+    seed: int = 0
+    resample: bool = False
+    features_only: bool = False  # skip image decode; batches carry "feat" only
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    check_sizes: bool = True  # stat every shard against the manifest's byte size before streaming
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.image_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise ValueError("batch_size and image_size must be >= 1, num_workers and shuffle_buffer >= 0")
+
+
+class ReaderError(RuntimeError):
+    """The shard set cannot be read as asked; the message names the set and the numbers."""
+
+
+class CountingHandler:
+    """A webdataset error handler that counts the error by reason and lets the stream continue."""
+
+    def __init__(self, skips: Counter):
+        self.skips = skips
+
+    def __call__(self, exn: Exception) -> bool:
+        if isinstance(exn, (tarfile.TarError, EOFError)):
+            reason = "truncated_tar"
+        elif isinstance(exn, ValueError) and "duplicate file name" in str(exn):
+            reason = "duplicate_key"
+        else:
+            reason = "unreadable_shard"
+        self.skips[reason] += 1
+        log.warning("skipping (%s): %s", reason, " ".join(str(a) for a in exn.args if isinstance(a, str)))
+        return True
+
+
+def raw_samples(url: str, skips: Counter, fields: set[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """(position in shard, raw sample) for one shard, via webdataset's tar iterators.
+
+    Later samples repeating a key already seen in this shard are counted as ``duplicate_key``.
+    """
+    handler = CountingHandler(skips)
+    select = None if fields is None else (lambda fname: fname.split(".", 1)[-1].lower() in fields)
+    files = tar_file_expander(url_opener([{"url": url}], handler=handler), handler=handler, select_files=select)
+    seen: set[str] = set()
+    for pos, raw in enumerate(group_by_keys(files, handler=handler)):
+        if raw["__key__"] in seen:
+            skips["duplicate_key"] += 1
+            log.warning("skipping (duplicate_key): %s:%s", url, raw["__key__"])
+            continue
+        seen.add(raw["__key__"])
+        yield pos, raw
+
+
+def iter_samples(shard_url: str, fields: Iterable[str] | None = None,
+                 skips: Counter | None = None) -> Iterator[dict]:
+    """Every usable sample of one shard, json/npy decoded, image left as bytes (``image``, ``image_ext``).
+
+    ``fields`` limits which tar members are read (e.g. ``["tags.json", "labels.json"]``); bad samples
+    are counted into ``skips`` (a fresh Counter, logged at the end of the shard, when not given).
+    """
+    own = skips is None
+    skips = Counter() if skips is None else skips
+    wanted = None if fields is None else set(fields) | {"tags.json"}
+    need_image = wanted is None or bool(wanted & set(IMAGE_EXTS))
+    for _, raw in raw_samples(shard_url, skips, wanted):
+        try:
+            yield decode_fields(raw, need_image=need_image)
+        except SampleError as exn:
+            skips[exn.reason] += 1
+            log.warning("skipping (%s): %s", exn.reason, exn)
+    if own and skips:
+        log.warning("%s: skipped %s", shard_url, dict(skips))
+
+
+class _SlotStream(IterableDataset):
+    """What one (rank, worker) slot reads; picklable so DataLoader workers can run it."""
+
+    def __init__(self, manifest: Manifest, cfg: ReaderConfig, rank: int, world_size: int, epoch: int,
+                 train: bool, per_worker_batches: list[int] | None):
+        self.urls, self.offsets = manifest.shard_urls(), manifest.offsets()
+        self.cfg, self.rank, self.world, self.epoch, self.train = cfg, rank, world_size, epoch, train
+        self.per_worker_batches = per_worker_batches  # train mode: batches each worker yields
+        self.workers = max(1, cfg.num_workers)
+        self.slots = world_size * self.workers
+        self.by_sample = len(self.urls) < self.slots
+
+    def _shard_order(self, slot: int) -> Iterator[int]:
+        n = len(self.urls)
+        if not self.train:
+            yield from range(n) if self.by_sample else range(slot, n, self.slots)
+            return
+        if self.cfg.resample:
+            # ResampledShards yields dict(url=...); map back to shard numbers for the global index.
+            pos = {u: i for i, u in enumerate(self.urls)}
+            rs = wds.ResampledShards(self.urls, deterministic=True,
+                                     worker_seed=lambda: make_seed(self.cfg.seed, self.epoch, slot))
+            for d in rs:
+                yield pos[d["url"]]
+            return
+        order = list(range(n))
+        random.Random(make_seed(self.cfg.seed, self.epoch)).shuffle(order)  # same on every rank
+        mine = order if self.by_sample else order[slot::self.slots]
+        for _ in count():
+            yield from mine
+
+    def _samples(self, slot: int, skips: Counter) -> Iterator[dict]:
+        draws_without_sample = 0
+        for shard in self._shard_order(slot):
+            url, offset = self.urls[shard], self.offsets[shard]
+            got = False
+            for pos, raw in raw_samples(url, skips):
+                index = offset + pos
+                if self.by_sample and index % self.slots != slot:
+                    continue
+                try:
+                    s = decode_fields(raw, need_image=not self.cfg.features_only)
+                except SampleError as exn:
+                    skips[exn.reason] += 1
+                    log.warning("skipping (%s): %s", exn.reason, exn)
+                    continue
+                if self.cfg.features_only and "feat" not in s:
+                    skips["missing_feat"] += 1
+                    continue
+                s["index"] = index
+                got = True
+                yield s
+            draws_without_sample = 0 if got else draws_without_sample + 1
+            if self.train and draws_without_sample > 2 * len(self.urls) + 8:
+                raise ReaderError(f"slot {slot} (rank {self.rank}) found no usable sample in "
+                                  f"{draws_without_sample} shard reads; skips so far: {dict(skips)}")
+
+    def _to_tensor(self, s: dict, gen: torch.Generator) -> dict:
+        if self.cfg.features_only:
+            return s
+        where = f"{s['__url__']}:{s['__key__']}"
+        img = decode_rgb(s.pop("image"), where, self.cfg.max_pixels)
+        if self.train and self.cfg.augment:
+            s["image"] = train_transform(img, self.cfg.image_size, gen, self.cfg.crop_scale)
+        else:
+            s["image"] = eval_transform(img, self.cfg.image_size)
+        return s
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        slot = self.rank * self.workers + worker
+        skips: Counter = Counter()
+        gen = torch.Generator().manual_seed(make_seed(self.cfg.seed, self.epoch, slot, 1))
+        stream: Iterable[dict] = self._samples(slot, skips)
+        if self.train and self.cfg.shuffle_buffer > 1:
+            stream = _shuffle(stream, bufsize=self.cfg.shuffle_buffer, initial=min(100, self.cfg.shuffle_buffer),
+                              rng=random.Random(make_seed(self.cfg.seed, self.epoch, slot, 2)))
+        limit = None if self.per_worker_batches is None else self.per_worker_batches[worker]
+        batch: list[dict] = []
+        produced = 0
+        if limit != 0:
+            for s in stream:
+                try:
+                    batch.append(self._to_tensor(s, gen))
+                except SampleError as exn:
+                    skips[exn.reason] += 1
+                    log.warning("skipping (%s): %s", exn.reason, exn)
+                    continue
+                if len(batch) == self.cfg.batch_size:
+                    yield collate(batch)
+                    batch, produced = [], produced + 1
+                    if limit is not None and produced == limit:
+                        break
+            if batch and limit is None:
+                yield collate(batch)
+        yield {_SKIPS: dict(skips)}
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {"key": [s["__key__"] for s in samples], "tags": [s["tags"] for s in samples],
+           "labels": [s["labels"] for s in samples],
+           "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64)}
+    if "image" in samples[0] and isinstance(samples[0]["image"], torch.Tensor):
+        out["image"] = torch.stack([s["image"] for s in samples])
+    if all("feat" in s for s in samples):
+        try:
+            out["feat"] = torch.from_numpy(np.stack([s["feat"] for s in samples]))
+        except ValueError:
+            raise ReaderError(f"feat.npy sizes differ within a batch (keys {out['key'][:3]}...)") from None
+    return out
+
+
+class Loader:
+    """Iterate for batches; ``len()`` from the manifest; ``skips`` counts bad samples of the last pass."""
+
+    def __init__(self, manifest: Manifest, cfg: ReaderConfig, rank: int, world_size: int, epoch: int,
+                 train: bool):
+        if not 0 <= rank < world_size:
+            raise ReaderError(f"rank {rank} is not in [0, world_size={world_size})")
+        if manifest.total == 0:
+            raise ReaderError(f"{manifest.url}: the shard set is empty (0 samples); nothing to read")
+        self.manifest, self.cfg, self.rank, self.world_size, self.train = manifest, cfg, rank, world_size, train
+        self.epoch = epoch
+        self.skips: Counter = Counter()
+        workers = max(1, cfg.num_workers)
+        slots = world_size * workers
+        if len(manifest.shards) < slots:
+            log.info("%s: %d shard(s) < %d slots (world_size %d x workers %d): every slot reads every shard "
+                     "and keeps its share of samples by index", manifest.url, len(manifest.shards), slots,
+                     world_size, workers)
+        if train:
+            self.batches = manifest.total // (world_size * cfg.batch_size)
+            if self.batches == 0:
+                raise ReaderError(f"{manifest.url}: {manifest.total} samples < world_size {world_size} x "
+                                  f"batch_size {cfg.batch_size}; no full batch per rank")
+            self.per_worker = [self.batches // workers + (w < self.batches % workers) for w in range(workers)]
+        else:
+            self.per_worker = None
+            self.batches = sum(-(-n // cfg.batch_size) for n in self._eval_counts(slots, workers))
+        if cfg.check_sizes:
+            self._check_shards()
+
+    def _eval_counts(self, slots: int, workers: int) -> list[int]:
+        counts = [s.count for s in self.manifest.shards]
+        out = []
+        for w in range(workers):
+            slot = self.rank * workers + w
+            if len(counts) < slots:
+                out.append(len(range(slot, sum(counts), slots)))
+            else:
+                out.append(sum(counts[slot::slots]))
+        return out
+
+    def _check_shards(self) -> None:
+        for entry, url in zip(self.manifest.shards, self.manifest.shard_urls()):
+            try:
+                n = storage.size(url)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{url}: shard listed in {self.manifest.url} does not exist") from None
+            if n != entry.bytes:
+                raise ManifestError(f"{url}: {n} bytes but {self.manifest.url} says {entry.bytes}; "
+                                    "the shard changed since the manifest was written")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[dict]:
+        ds = _SlotStream(self.manifest, self.cfg, self.rank, self.world_size, self.epoch, self.train,
+                         self.per_worker)
+        self.skips = Counter()
+        dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers,
+                        persistent_workers=False)
+        for item in dl:
+            if _SKIPS in item:
+                self.skips.update(item[_SKIPS])
+                continue
+            yield item
+        if self.skips:
+            log.warning("%s rank %d epoch %d: skipped %s", self.manifest.url, self.rank, self.epoch,
+                        dict(sorted(self.skips.items())))
+
+
+def make_loader(shard_set: str | Manifest, cfg: ReaderConfig | None = None, rank: int = 0, world_size: int = 1,
+                epoch: int = 0, train: bool = True) -> Loader:
+    """A Loader over a shard set (directory / S3 prefix / manifest URL, or a loaded Manifest)."""
+    manifest = shard_set if isinstance(shard_set, Manifest) else Manifest.load(str(shard_set))
+    return Loader(manifest, cfg or ReaderConfig(), rank, world_size, epoch, train)
