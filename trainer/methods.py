@@ -84,7 +84,7 @@ class MethodNet(nn.Module):
         with_logits = self.encoder.classifier is not None
         out = self.encoder(x, with_logits=with_logits)
         f, logits = out if with_logits else (out, None)
-        res = {"f": f, "logits": logits}
+        res = {"f": f} if logits is None else {"f": f, "logits": logits}
         if self.pq is not None:
             soft, hard, codes = self.pq(f if self.end_to_end else f.detach())
             res.update(soft=soft, hard=hard, codes=codes)

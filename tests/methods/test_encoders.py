@@ -67,7 +67,7 @@ def test_small_cnn_encoder_outputs_tanh_embeddings_of_the_tag_dimension():
     assert f.shape == (4, 12) and logits.shape == (4, 5)
     assert float(f.detach().abs().max()) < 1.0
     assert torch.equal(enc.head.fc.bias.detach(), torch.zeros(12))
-    assert abs(float(enc.head.fc.weight.std()) - 0.01) < 0.003
+    assert abs(float(enc.head.fc.weight.detach().std()) - 0.01) < 0.003
 
 
 def test_mlp_encoder_over_features_and_missing_input_size_is_named():

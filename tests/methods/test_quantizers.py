@@ -240,3 +240,20 @@ def test_numpy_inputs_are_accepted_and_bad_shapes_name_the_argument():
         q.decode(np.full((2, 2), 9))
     with pytest.raises(ValueError, match="weights: expected V of shape"):
         q.encode(x, weights=np.ones((4, 5)))
+
+
+def test_cached_icm_tables_follow_codebook_and_weight_changes():
+    x = clustered(400, 8, seed=13)
+    q = AdditiveQuantizer(8, 2, 16).fit(x, iterations=1)
+    V = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    fresh = lambda V: icm_encode(x, q.codebooks, V, 3, g()).to(torch.uint8)  # noqa: E731
+    assert torch.equal(q.encode(x, V, generator=g()), fresh(V))
+    assert torch.equal(q.encode(x, V.clone(), generator=g()), fresh(V))  # equal V: reused
+    assert torch.equal(q.encode(x, 3 * V[[1, 0, 2, 3, 4]] + 1, generator=g()), fresh(3 * V[[1, 0, 2, 3, 4]] + 1))
+    assert torch.equal(q.encode(x, generator=g()), fresh(None))
+    with torch.no_grad():
+        q.codebooks[0] = q.codebooks[0].flip(0)  # in place: the version counter moves
+    assert torch.equal(q.encode(x, generator=g()), fresh(None))
+    q.solve(q.statistics(x, q.encode(x)))  # replaced
+    assert torch.equal(q.encode(x, V, generator=g()), fresh(V))
