@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .base import Quantizer, as_codes, as_float_tensor
-from .icm import icm_encode
+from .icm import ICMTables, icm_encode
 from .kmeans import kmeans
 from .statistics import CodebookStatistics, solve_codebooks
 
@@ -46,6 +46,7 @@ class AdditiveQuantizer(Quantizer):
         self.ridge = ridge
         self.encode_batch_size = encode_batch_size
         self.is_trained = False
+        self._tables: tuple | None = None  # (codebooks, their version, V, ICMTables)
 
     @classmethod
     def from_config(cls, cfg: AdditiveQuantizerConfig, dim: int) -> "AdditiveQuantizer":
@@ -82,8 +83,24 @@ class AdditiveQuantizer(Quantizer):
         x = self._check_x(x)
         V = None if weights is None else as_float_tensor(weights, "weights", torch.float32)
         codes = icm_encode(x, self.codebooks, V, self.icm_sweeps if sweeps is None else sweeps, generator,
-                           self.encode_batch_size)
+                           self.encode_batch_size, self._icm_tables(V))
         return codes.to(torch.uint8)
+
+    def _icm_tables(self, V: torch.Tensor | None) -> ICMTables:
+        """Tables cached per (codebooks, V) so per-batch encoding in training pays only its batch.
+
+        Codebooks are matched by identity and in-place version counter (``solve`` or a state load
+        replaces them), V by value (callers often rebuild an equal V per batch; comparing T·D values
+        is far cheaper than the M²K²D table build).
+        """
+        C, cached = self.codebooks, self._tables
+        hit = (cached is not None and cached[0] is C and cached[1] == C._version
+               and (V is None) == (cached[2] is None)
+               and (V is None or (V.shape == cached[2].shape and V.device == cached[2].device
+                                  and torch.equal(V, cached[2]))))
+        if not hit:
+            self._tables = (C, C._version, None if V is None else V.clone(), ICMTables.build(C, V))
+        return self._tables[3]
 
     def statistics(self, x: Any, codes: Any) -> CodebookStatistics:
         """G = HᵀH and R = HᵀX of this chunk, to be summed (``+`` or all-reduce) and ``solve``d."""

@@ -21,42 +21,57 @@ decomposition). The V weighting costs nothing per sweep: A is folded into the ta
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
-def _tables(codebooks: torch.Tensor, weights: torch.Tensor | None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(AC (M,K,D), norms c_mkᵀAc_mk (M,K), pair tables P (M,M,K,K)) for the metric A = VᵀV."""
-    C = codebooks
-    if weights is None:
-        AC = C
-    else:
-        V = weights.to(torch.float64)
-        AC = (C.to(torch.float64) @ (V.T @ V)).to(C.dtype)
-    norms = (C * AC).sum(-1)
-    pairs = torch.einsum("akd,bjd->abkj", C, AC)
-    return AC, norms, pairs
+@dataclass
+class ICMTables:
+    """What ICM precomputes from the codebooks and the metric A = VᵀV (A = I when unweighted).
+
+    Build once per codebook update and pass to ``icm_encode``: for M=4, K=256, D=300 the pair tables
+    cost 0.3 GFLOP, more than encoding a 256-row training batch.
+    """
+
+    AC: torch.Tensor     # (M, K, D)  A c_mk
+    norms: torch.Tensor  # (M, K)     c_mkᵀ A c_mk
+    pairs: torch.Tensor  # (M, M, K, K)  pairs[a, b] = C_a A C_bᵀ
+
+    @classmethod
+    def build(cls, codebooks: torch.Tensor, weights: torch.Tensor | None = None) -> "ICMTables":
+        C = codebooks.detach()
+        M, K, D = C.shape
+        if weights is not None and (weights.ndim != 2 or weights.shape[1] != D):
+            raise ValueError(f"weights: expected V of shape (T, {D}), got {tuple(weights.shape)}")
+        if weights is None:
+            AC = C
+        else:
+            V = weights.detach().to(device=C.device, dtype=torch.float64)
+            AC = (C.to(torch.float64) @ (V.T @ V)).to(C.dtype)
+        norms = (C * AC).sum(-1)
+        pairs = (C.reshape(M * K, D) @ AC.reshape(M * K, D).T).reshape(M, K, M, K)
+        return cls(AC, norms, pairs.permute(0, 2, 1, 3).contiguous())
 
 
 def icm_encode(x: torch.Tensor, codebooks: torch.Tensor, weights: torch.Tensor | None = None,
                sweeps: int = 3, generator: torch.Generator | None = None,
-               batch_size: int = 8192) -> torch.Tensor:
+               batch_size: int = 8192, tables: ICMTables | None = None) -> torch.Tensor:
     """Codes (N, M) int64 minimising ‖V(x − Σ_m c_{m,b_m})‖² by ICM from empty codes.
 
     x: (N, D); codebooks: (M, K, D); weights: V (T, D) or None for the plain L2 distortion.
     The block order of each sweep is drawn once per call from ``generator``, so the result does
-    not depend on ``batch_size`` (which only bounds memory: batch·M·K floats).
+    not depend on ``batch_size`` (which only bounds memory: batch·M·K floats). ``tables``, when
+    given, must have been built from these codebooks and weights (they are then not read).
     """
     M, K, D = codebooks.shape
     if x.shape[1] != D:
         raise ValueError(f"x: expected dimension {D}, got {x.shape[1]}")
-    if weights is not None and (weights.ndim != 2 or weights.shape[1] != D):
-        raise ValueError(f"weights: expected V of shape (T, {D}), got {tuple(weights.shape)}")
     if sweeps < 1:
         raise ValueError(f"sweeps must be >= 1, got {sweeps}")
-    C = codebooks.detach()
-    x = x.detach().to(C.dtype)
-    AC, norms, pairs = _tables(C, weights)
+    tables = tables or ICMTables.build(codebooks, weights)
+    AC, norms, pairs = tables.AC, tables.norms, tables.pairs
+    x = x.detach().to(AC.dtype)
     orders = [torch.randperm(M, generator=generator).tolist() for _ in range(sweeps)]
     out = torch.empty(x.shape[0], M, dtype=torch.long, device=x.device)
     for start in range(0, x.shape[0], batch_size):
