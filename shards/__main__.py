@@ -1,0 +1,141 @@
+"""``python -m shards <subcommand>``: converters into shard sets, ``summary`` and ``verify``.
+
+Every converter streams its source and writes ``<out>/{train,query,database}/`` shard sets with a
+manifest each; the conversion summary (counts per split, untagged, skipped by reason) is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shards.manifest import Manifest, ManifestError, verify
+from shards.writer import SPLITS, ShardingConfig
+
+
+def _sharding_args(p: argparse.ArgumentParser, defaults: ShardingConfig) -> None:
+    g = p.add_argument_group("sharding and splits")
+    g.add_argument("--out", required=True, help="output root (local dir or s3://bucket/prefix)")
+    g.add_argument("--max-count", type=int, default=defaults.max_count, help="samples per shard at most")
+    g.add_argument("--max-bytes", type=int, default=defaults.max_bytes, help="bytes per shard (about) at most")
+    g.add_argument("--query-fraction", type=float, default=defaults.query_fraction)
+    g.add_argument("--train-fraction", type=float, default=defaults.train_fraction)
+    g.add_argument("--split-seed", type=int, default=defaults.split_seed)
+    g.add_argument("--database-excludes-train", action="store_true",
+                   help="database = non-query non-train items (default: database includes train)")
+    g.add_argument("--no-validate-images", action="store_true", help="check image headers only, not pixels")
+    g.add_argument("--overwrite", action="store_true", help="replace existing shard sets under --out")
+
+
+def _sharding(a: argparse.Namespace) -> ShardingConfig:
+    return ShardingConfig(max_count=a.max_count, max_bytes=a.max_bytes, query_fraction=a.query_fraction,
+                          train_fraction=a.train_fraction, database_includes_train=not a.database_excludes_train,
+                          split_seed=a.split_seed, validate_images=not a.no_validate_images)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shards.converters import demo, generic, laion, mirflickr, nuswide
+
+    parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("demo", help="sklearn digits (1797 real images) with simulated, seeded weak tags")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tag simulation")
+    _sharding_args(p, demo.demo_sharding())
+
+    p = sub.add_parser("from-manifest", help="a JSONL or CSV list: image path, tags, optional labels")
+    p.add_argument("manifest", help="the .jsonl / .csv file (image paths relative to it unless absolute)")
+    p.add_argument("--tag-sep", default=generic.DEFAULT_SEP, help="separator of tags/labels in CSV cells")
+    p.add_argument("--source", default=None, help="source name recorded in the manifests")
+    _sharding_args(p, ShardingConfig())
+
+    p = sub.add_parser("from-folder", help="a folder of images with sidecar tag files (<image stem>.tags.txt)")
+    p.add_argument("folder")
+    p.add_argument("--source", default=None)
+    _sharding_args(p, ShardingConfig())
+
+    p = sub.add_parser("mirflickr", help="MIRFLICKR-25K original layout (im{n}.jpg, meta/tags, annotations)")
+    p.add_argument("root", help="folder holding im*.jpg (or mirflickr/), meta/tags*/ and annotations/")
+    p.add_argument("--tags", choices=["tags", "tags_raw"], default="tags", help="meta/tags or meta/tags_raw")
+    _sharding_args(p, ShardingConfig(max_count=1000))
+
+    p = sub.add_parser("mirflickr-matrix", help="MIRFLICKR-25K matrix form (tag BoW + label matrices, npz)")
+    p.add_argument("npz", help="e.g. ../shared/data/mirflickr25k_real/subset1000_with_images.npz")
+    p.add_argument("--images", default=None, help="image folder (default: paths in the npz, beside it)")
+    _sharding_args(p, ShardingConfig(max_count=1000))
+
+    p = sub.add_parser("nuswide", help="NUS-WIDE: image list + tag list + concept label files")
+    p.add_argument("root", help="folder with ImageList/, NUS_WID_Tags/ (or Tags/), Groundtruth/ and images")
+    p.add_argument("--images", default=None, help="image root (default: <root>/images)")
+    _sharding_args(p, ShardingConfig())
+
+    p = sub.add_parser("laion", help="img2dataset / LAION-style shards (jpg + txt caption + json)")
+    p.add_argument("inputs", nargs="+", help="input .tar shards (local or s3://)")
+    p.add_argument("--tag-field", default=laion.LaionConfig.tag_field, help="json field holding tags")
+    p.add_argument("--min-word-length", type=int, default=laion.LaionConfig.min_word_length)
+    p.add_argument("--max-caption-tags", type=int, default=laion.LaionConfig.max_tags)
+    p.add_argument("--stopwords", default=None, help="file with one stopword a line (default: built-in list)")
+    _sharding_args(p, ShardingConfig())
+
+    p = sub.add_parser("summary", help="per-split counts, tag and label statistics")
+    p.add_argument("root", help="a dataset root or one shard set (dir or s3://)")
+
+    p = sub.add_parser("verify", help="check every shard exists and matches the manifest's size and sha256")
+    p.add_argument("sets", nargs="+", help="shard sets or dataset roots")
+    p.add_argument("--sizes-only", action="store_true", help="byte sizes only (no sha256)")
+    return parser
+
+
+def _verify(urls: list[str], checksums: bool) -> int:
+    from shards import storage
+
+    bad = 0
+    for url in urls:
+        splits = [storage.join(url, s) for s in SPLITS if storage.exists(storage.join(url, s, "manifest.json"))]
+        for s in splits or [url]:
+            m = Manifest.load(s)
+            problems = verify(m, checksums=checksums)
+            for p in problems:
+                print(f"FAIL {p}", file=sys.stderr)
+            print(f"{'ok  ' if not problems else 'FAIL'} {m.url}: {len(m.shards)} shard(s), {m.total} samples")
+            bad += bool(problems)
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from shards.converters import demo, generic, laion, mirflickr, nuswide
+
+    try:
+        if args.cmd == "summary":
+            from shards.summary import summarize
+
+            print(summarize(args.root))
+            return 0
+        if args.cmd == "verify":
+            return _verify(args.sets, checksums=not args.sizes_only)
+        sharding = _sharding(args)
+        if args.cmd == "demo":
+            w = demo.convert_demo(args.out, demo.DemoConfig(seed=args.seed), sharding, args.overwrite)
+        elif args.cmd == "from-manifest":
+            w = generic.convert_list(args.manifest, args.out, sharding, args.tag_sep, args.source, args.overwrite)
+        elif args.cmd == "from-folder":
+            w = generic.convert_folder(args.folder, args.out, sharding, args.source, args.overwrite)
+        elif args.cmd == "mirflickr":
+            w = mirflickr.convert_original(args.root, args.out, sharding, args.tags, args.overwrite)
+        elif args.cmd == "mirflickr-matrix":
+            w = mirflickr.convert_matrix(args.npz, args.out, sharding, args.images, args.overwrite)
+        elif args.cmd == "nuswide":
+            w = nuswide.convert_nuswide(args.root, args.out, sharding, args.images, args.overwrite)
+        else:
+            cfg = laion.LaionConfig(tag_field=args.tag_field, min_word_length=args.min_word_length,
+                                    max_tags=args.max_caption_tags, stopwords_file=args.stopwords)
+            w = laion.convert_laion(args.inputs, args.out, sharding, cfg, args.overwrite)
+    except (FileNotFoundError, FileExistsError, ManifestError, ValueError, OSError) as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
+    print(w.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
