@@ -115,24 +115,50 @@ def pr_cutoffs(k: int, points: int = 40) -> np.ndarray:
     return np.unique(np.round(np.geomspace(1, max(k, 1), points)).astype(np.int64))
 
 
+class RankingAccumulator:
+    """Per-query statistics gathered one query chunk at a time (so rankings never exist for all
+    queries at once, which matters with K = 'all'), turned into ``RankingMetrics`` at the end."""
+
+    def __init__(self, k: int, precision_ks: tuple[int, ...] = (10, 100), cutoffs: np.ndarray | None = None):
+        self.k = k
+        self.precision_ks = tuple(pk for pk in precision_ks if pk <= k)
+        cutoffs = pr_cutoffs(k) if cutoffs is None else np.asarray(cutoffs)
+        self.cutoffs = cutoffs[(cutoffs >= 1) & (cutoffs <= k)]
+        self._ap, self._rq, self._hits, self._total = [], [], [], []
+
+    def add(self, rel: np.ndarray, total_relevant: np.ndarray) -> None:
+        """``rel`` (q, K) ranked relevance of a query chunk; ``total_relevant`` (q,) in the whole DB."""
+        rel = np.asarray(rel, dtype=bool)
+        ap, r_q = average_precision(rel)
+        cum = np.cumsum(rel, axis=1)
+        self._ap.append(ap)
+        self._rq.append(r_q)
+        cols = np.unique(np.concatenate([self.cutoffs, np.asarray(self.precision_ks, dtype=np.int64)]))
+        self._hits.append((cols, cum[:, cols - 1].astype(np.float64)))
+        self._total.append(np.asarray(total_relevant, dtype=np.float64))
+
+    def result(self) -> RankingMetrics:
+        ap, r_q = np.concatenate(self._ap), np.concatenate(self._rq)
+        cols = self._hits[0][0]
+        hits = np.concatenate([h for _, h in self._hits])
+        col = {int(c): j for j, c in enumerate(cols)}
+        tot = np.concatenate(self._total)[:, None]
+        at = hits[:, [col[int(c)] for c in self.cutoffs]]
+        recall = np.divide(at, tot, out=np.zeros_like(at), where=tot > 0)
+        return RankingMetrics(
+            map_skip=mean_ap(ap, r_q, "skip"), map_zero=mean_ap(ap, r_q, "zero"),
+            queries=len(ap), queries_without_relevant=int((r_q == 0).sum()),
+            precision_at={pk: float((hits[:, col[pk]] / pk).mean()) for pk in self.precision_ks},
+            pr_cutoffs=[int(c) for c in self.cutoffs],
+            pr_precision=[float(v) for v in (at / self.cutoffs).mean(axis=0)],
+            pr_recall=[float(v) for v in recall.mean(axis=0)],
+        )
+
+
 def ranking_metrics(rel: np.ndarray, total_relevant: np.ndarray, precision_ks: tuple[int, ...] = (10, 100),
                     cutoffs: np.ndarray | None = None) -> RankingMetrics:
     """Metrics of ranked relevance ``rel`` (Q, K); ``total_relevant`` (Q,) counts relevant items in
     the whole database (the recall denominator of the PR curve)."""
-    rel = np.asarray(rel, dtype=bool)
-    k = rel.shape[1]
-    ap, r_q = average_precision(rel)
-    cum = np.cumsum(rel, axis=1)
-    cutoffs = pr_cutoffs(k) if cutoffs is None else cutoffs
-    cutoffs = cutoffs[(cutoffs >= 1) & (cutoffs <= k)]
-    hits = cum[:, cutoffs - 1].astype(np.float64)
-    tot = np.asarray(total_relevant, dtype=np.float64)[:, None]
-    recall = np.divide(hits, tot, out=np.zeros_like(hits), where=tot > 0)
-    return RankingMetrics(
-        map_skip=mean_ap(ap, r_q, "skip"), map_zero=mean_ap(ap, r_q, "zero"),
-        queries=len(ap), queries_without_relevant=int((r_q == 0).sum()),
-        precision_at={pk: float((cum[:, pk - 1] / pk).mean()) for pk in precision_ks if pk <= k},
-        pr_cutoffs=[int(c) for c in cutoffs],
-        pr_precision=[float(v) for v in (hits / cutoffs).mean(axis=0)],
-        pr_recall=[float(v) for v in recall.mean(axis=0)],
-    )
+    acc = RankingAccumulator(np.asarray(rel).shape[1], precision_ks, cutoffs)
+    acc.add(rel, total_relevant)
+    return acc.result()

@@ -1,0 +1,290 @@
+"""``python -m eval.evaluate --query <codes> --database <codes> --out <dir>``: retrieval report.
+
+Rows of the report: the model's codes scored by AQD (raw query feature vs database reconstruction),
+SQD (query reconstruction vs database reconstruction) and the raw features, at every code prefix
+for progressive codes; unsupervised faiss baselines (PQ, OPQ, residual, LSQ, random) trained on the
+encoder's features at the same bit budgets; all ranked by the same chunked LUT search and scored
+by the same metrics (methods.md §5).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from eval import plots, report
+from eval.baselines import BaselineConfig, train_baseline
+from eval.codes import CodeSet, CodeSetError, check_compatible, label_matrix, load_code_set
+from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
+from eval.scoring import decode, lookup_tables, query_chunks, search_aqd, search_features
+from shards import storage
+from trainer import config as tconfig
+
+
+@dataclass
+class EvaluateConfig:
+    """What to compute; ``top_k`` is an integer or "all" (the whole database, as DPQ on CIFAR)."""
+
+    top_k: int | str = 5000
+    precision_at: list[int] = field(default_factory=lambda: [10, 100, 1000])
+    scorings: list[str] = field(default_factory=lambda: ["aqd", "sqd", "feature"])
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    headline_convention: str = "skip"
+    query_chunk: int = 256
+    db_chunk: int = 1 << 18
+    pr_points: int = 40
+    grid_queries: int = 4
+    grid_top: int = 10
+
+
+class EvaluationError(ValueError):
+    """The inputs cannot be evaluated as given; the message names the culprit."""
+
+
+def _k(cfg: EvaluateConfig, n: int) -> int:
+    if cfg.top_k == "all":
+        return n
+    if isinstance(cfg.top_k, str) or cfg.top_k < 1:
+        raise EvaluationError(f"top_k: expected a positive integer or 'all', got {cfg.top_k!r}")
+    return min(int(cfg.top_k), n)
+
+
+def shard_keys(shard_set: str) -> set[str]:
+    """Every key of a shard set, from the tar member names (no decoding)."""
+    from shards.manifest import Manifest
+
+    keys: set[str] = set()
+    for url in Manifest.load(shard_set).shard_urls():
+        with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                keys.add(member.name.split(".", 1)[0])  # keys hold no dots (docs/interfaces.md)
+    return keys
+
+
+def check_disjoint(query: CodeSet, db: CodeSet, train_keys: set[str] | None) -> dict:
+    """Queries must be disjoint from the database and from training (the database may hold train)."""
+    qk = set(query.keys.tolist())
+    both = qk & set(db.keys.tolist())
+    if both:
+        raise EvaluationError(f"{len(both)} query key(s) are also in the database (e.g. {sorted(both)[0]!r}): "
+                              f"{query.url} and {db.url} must be disjoint")
+    out = {"query_vs_database": "disjoint"}
+    if train_keys is not None:
+        both = qk & train_keys
+        if both:
+            raise EvaluationError(f"{len(both)} query key(s) were used in training (e.g. {sorted(both)[0]!r})")
+        out["query_vs_train"] = "disjoint"
+    return out
+
+
+def rank_and_measure(search: Callable[[slice], tuple[np.ndarray, np.ndarray]], nq: int, q_labels: np.ndarray,
+                     db_labels: np.ndarray, total_relevant: np.ndarray, k: int, cfg: EvaluateConfig,
+                     keep_top: int = 0) -> tuple[dict, np.ndarray | None]:
+    """Run ``search`` over query chunks and accumulate the metrics; optionally keep the top ids."""
+    cut = np.unique(np.round(np.geomspace(1, k, cfg.pr_points)).astype(np.int64))
+    acc = RankingAccumulator(k, tuple(cfg.precision_at), cut)
+    kept = []
+    dbl = db_labels.astype(np.float32)
+    for sl in query_chunks(nq, cfg.query_chunk):
+        _, idx = search(sl)
+        ql = q_labels[sl].astype(np.float32)
+        rel = np.einsum("qkl,ql->qk", dbl[idx], ql) > 0
+        acc.add(rel, total_relevant[sl])
+        if keep_top:
+            kept.append(idx[:, :keep_top])
+    return acc.result().to_dict(), (np.concatenate(kept) if kept else None)
+
+
+def _total_relevant(q_labels: np.ndarray, db_labels: np.ndarray, chunk: int) -> np.ndarray:
+    out = np.zeros(len(q_labels), np.int64)
+    ql = q_labels.astype(np.float32)
+    for sl in query_chunks(len(db_labels), chunk):
+        out += ((ql @ db_labels[sl].astype(np.float32).T) > 0).sum(axis=1)
+    return out
+
+
+def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | None = None,
+             train_keys: set[str] | None = None, log=print) -> tuple[dict, np.ndarray | None]:
+    """All rows of the report (dict) and the top ids of the headline ranking (for the image grid)."""
+    check_compatible(query, db)
+    if not query.has_labels:
+        raise EvaluationError(f"query codes {query.url} carry no ground-truth labels: relevance needs them "
+                              "(encode a shard set whose samples have labels.json)")
+    if not db.has_labels:
+        raise EvaluationError(f"database codes {db.url} carry no ground-truth labels")
+    if cfg.headline_convention not in CONVENTIONS:
+        raise EvaluationError(f"headline_convention: {cfg.headline_convention!r} not in {sorted(CONVENTIONS)}")
+    unknown = set(cfg.scorings) - {"aqd", "sqd", "feature"}
+    if unknown:
+        raise EvaluationError(f"scorings: unknown {sorted(unknown)}; known: aqd, sqd, feature")
+    disjoint = check_disjoint(query, db, train_keys if train is None else set(train.keys.tolist()))
+    names = query.manifest.get("label_names") or sorted({x for ls in query.labels + db.labels for x in ls})
+    ql, dl = label_matrix(query.labels, names), label_matrix(db.labels, names)
+    k = _k(cfg, len(db))
+    total = _total_relevant(ql, dl, cfg.db_chunk)
+    nbits = int(np.log2(db.manifest["K"]))
+    prefixes = list(range(1, db.M + 1)) if db.kind == "progressive" else [db.M]
+    cb = db.codebooks
+    rows, notes, grid_ids = [], [], None
+    qf = query.feat
+    if qf is None and ("aqd" in cfg.scorings or cfg.baselines.methods):
+        notes.append("query codes carry no features: AQD, feature scoring and baselines skipped "
+                     "(re-encode the queries with features on)")
+
+    def add(method, scoring, bits, search, keep=0):
+        t = time.perf_counter()
+        metrics, top = rank_and_measure(search, len(query), ql, dl, total, k, cfg, keep)
+        rows.append({"method": method, "scoring": scoring, "bits": bits, "metrics": metrics,
+                     "seconds": round(time.perf_counter() - t, 3)})
+        log(f"{method:>10} {scoring:>7} {str(bits):>5} bits  mAP@{cfg.top_k} "
+            f"skip={metrics['mAP']['skip']:.4f} zero={metrics['mAP']['zero']:.4f}")
+        return top
+
+    model = str(db.meta.get("method") or db.manifest.get("method") or "model")
+    for m in prefixes:
+        bits = m * nbits
+        codes = db.codes[:, :m]
+        if "aqd" in cfg.scorings and qf is not None:
+            keep = cfg.grid_top if m == prefixes[-1] else 0
+            top = add(model, "aqd", bits,
+                      lambda sl, codes=codes, m=m: search_aqd(lookup_tables(qf[sl], cb)[:, :m], codes, k,
+                                                              cfg.db_chunk), keep)
+            if top is not None:
+                grid_ids = top
+        if "sqd" in cfg.scorings:
+            add(model, "sqd", bits,
+                lambda sl, codes=codes, m=m: search_aqd(
+                    lookup_tables(decode(query.codes[sl, :m], cb), cb)[:, :m], codes, k, cfg.db_chunk))
+    if "feature" in cfg.scorings and qf is not None:
+        if db.feat is None:
+            notes.append("database codes carry no features: feature scoring skipped")
+        else:
+            add(model, "feature", None, lambda sl: search_features(qf[sl], db.feat, k, cfg.db_chunk))
+    if cfg.baselines.methods and qf is not None:
+        base = train.feat if train is not None and train.feat is not None else db.feat
+        if base is None:
+            notes.append("no database/train features: baselines skipped (encode with features on)")
+        else:
+            src = "train" if train is not None and train.feat is not None else "database"
+            notes.append(f"baselines trained unsupervised on the {src} set's encoder features "
+                         f"({min(len(base), cfg.baselines.max_train)} sampled)")
+            for m in prefixes:
+                for method in cfg.baselines.methods:
+                    t = time.perf_counter()
+                    b = train_baseline(method, base, db.feat, qf, m, nbits, cfg.baselines)
+                    log(f"trained {method} M={m} in {time.perf_counter() - t:.1f}s")
+                    add(method, "aqd", m * nbits,
+                        lambda sl, b=b: search_aqd(lookup_tables(b.pad_queries(qf[sl]), b.codebooks),
+                                                   b.db_codes, k, cfg.db_chunk))
+    out = {
+        "config": tconfig.to_dict(cfg) | {"top_k": cfg.top_k},
+        "conventions": CONVENTIONS, "headline_convention": cfg.headline_convention,
+        "tie_breaking": TIE_BREAKING, "k_used": k,
+        "query": {"url": query.url, "items": len(query), "source": query.manifest.get("source")},
+        "database": {"url": db.url, "items": len(db), "source": db.manifest.get("source")},
+        "checkpoint": db.manifest.get("checkpoint"), "checkpoint_sha256": db.manifest.get("checkpoint_sha256"),
+        "tag_semantics_hash": db.manifest.get("tag_semantics_hash"),
+        "code": {"kind": db.kind, "M": db.M, "K": db.manifest["K"], "bits_per_level": nbits},
+        "label_count": len(names), "label_names": names,
+        "queries_without_labels": int((ql.sum(axis=1) == 0).sum()),
+        "splits": disjoint, "rows": rows, "notes": notes,
+    }
+    return out, grid_ids
+
+
+def shard_images(shard_set: str, keys: set[str], size: int = 96) -> dict[str, np.ndarray]:
+    """Thumbnails of the given keys, found by scanning a shard set's tars (first image field per key)."""
+    from shards.images import decode_rgb
+    from shards.manifest import Manifest
+    from shards.schema import IMAGE_EXTS
+
+    found: dict[str, np.ndarray] = {}
+    for url in Manifest.load(shard_set).shard_urls():
+        if len(found) == len(keys):
+            break
+        with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if key in keys and key not in found and ext in IMAGE_EXTS:
+                    img = decode_rgb(tar.extractfile(member).read(), f"{url}:{key}")
+                    img.thumbnail((size, size))
+                    found[key] = np.asarray(img)
+    return found
+
+
+def write_outputs(result: dict, grid_ids, query: CodeSet, db: CodeSet, out: str, cfg: EvaluateConfig,
+                  query_shards: str | None, db_shards: str | None) -> list[str]:
+    """report.json, report.md, pr_curves.png, map_vs_bits.png and (with shards) top10_grid.png."""
+    local = tempfile.mkdtemp(prefix="wsdhq-eval-") if storage.is_s3(out) else out
+    Path(local).mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    best: dict[tuple, dict] = {}  # one PR curve per (method, scoring): its longest code
+    for r in rows:
+        key = (r["method"], r["scoring"])
+        if key not in best or (r["bits"] or 0) > (best[key]["bits"] or 0):
+            best[key] = r
+    plots.pr_curves(list(best.values()), os.path.join(local, "pr_curves.png"),
+                    f"PR over rank cut-offs 1..{result['k_used']} (highest bits per method)")
+    plots.map_vs_bits(rows, os.path.join(local, "map_vs_bits.png"), cfg.headline_convention, str(cfg.top_k))
+    files = ["pr_curves.png", "map_vs_bits.png"]
+    if grid_ids is not None and query_shards and db_shards and cfg.grid_queries > 0:
+        labelled = [i for i, ls in enumerate(query.labels) if ls][: cfg.grid_queries]
+        qkeys = {str(query.keys[i]) for i in labelled}
+        dkeys = {str(db.keys[j]) for i in labelled for j in grid_ids[i]}
+        qimg, dimg = shard_images(query_shards, qkeys), shard_images(db_shards, dkeys)
+        missing = (qkeys - set(qimg)) | (dkeys - set(dimg))
+        if missing:
+            result["notes"].append(f"top-10 grid skipped: {len(missing)} image(s) not found in the shard sets "
+                                   f"(e.g. {sorted(missing)[0]!r})")
+        else:
+            qset = [set(query.labels[i]) for i in labelled]
+            plots.retrieval_grid(
+                [qimg[str(query.keys[i])] for i in labelled],
+                [[dimg[str(db.keys[j])] for j in grid_ids[i]] for i in labelled],
+                [[bool(qset[n] & set(db.labels[j])) for j in grid_ids[i]] for n, i in enumerate(labelled)],
+                [f"{query.keys[i]}: {','.join(query.labels[i])[:30]}" for i in labelled],
+                os.path.join(local, "top10_grid.png"))
+            files.append("top10_grid.png")
+    report.write(result, out)
+    if local != out:
+        for name in files:
+            storage.upload_file(os.path.join(local, name), storage.join(out, name))
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--query", required=True, help="query code set (dir or s3:// prefix)")
+    p.add_argument("--database", required=True, help="database code set")
+    p.add_argument("--out", required=True, help="report directory (local or s3://)")
+    p.add_argument("--train", help="train code set: baselines train on its features; keys checked disjoint")
+    p.add_argument("--train-shards", help="train shard set: query keys are checked disjoint from it")
+    p.add_argument("--query-shards", help="query shard set (images for the top-10 grid)")
+    p.add_argument("--database-shards", help="database shard set (images for the top-10 grid)")
+    p.add_argument("--config", help="YAML with EvaluateConfig fields")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. top_k=all baselines.methods=[pq]")
+    a = p.parse_args(argv)
+    try:
+        cfg = tconfig.load(EvaluateConfig, a.config, a.overrides)
+        query, db = load_code_set(a.query), load_code_set(a.database)
+        train = load_code_set(a.train) if a.train else None
+        train_keys = shard_keys(a.train_shards) if a.train_shards else None
+        result, grid = evaluate(query, db, cfg, train, train_keys)
+        files = write_outputs(result, grid, query, db, a.out, cfg, a.query_shards, a.database_shards)
+    except (tconfig.ConfigError, CodeSetError, EvaluationError, FileNotFoundError) as exn:
+        print(f"evaluate: error: {exn}", file=sys.stderr)
+        return 2
+    print(f"wrote report.json, report.md, {', '.join(files)} to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

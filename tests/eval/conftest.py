@@ -1,0 +1,63 @@
+"""Code sets written straight from arrays, so evaluation is tested without an encoder."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from eval.codes import pack_code_file, write_manifest
+from shards import storage
+from trainer.quantizers import AdditiveQuantizer, ProgressiveQuantizer
+
+
+def write_code_set(url, codebooks, keys, codes, labels, feat=None, kind="additive", model="ckpt-a",
+                   tags="tags-a", files=2):
+    """A finished code set at ``url`` (local or s3://) split into ``files`` code files."""
+    m, k, d = codebooks.shape
+    q = AdditiveQuantizer(d, m, k) if kind == "additive" else ProgressiveQuantizer(d, m, k)
+    with torch.no_grad():
+        q.codebooks.copy_(torch.as_tensor(codebooks, dtype=torch.float32))
+    buf = io.BytesIO()
+    q.save(buf)
+    storage.write_bytes(storage.join(url, "quantizer.npz"), buf.getvalue())
+    entries = []
+    for i, part in enumerate(np.array_split(np.arange(len(keys)), files)):
+        name = f"codes-shard-{i:06d}.npz"
+        data = pack_code_file([keys[j] for j in part], part, codes[part], [labels[j] for j in part],
+                              None if feat is None else feat[part])
+        storage.write_bytes(storage.join(url, name), data)
+        entries.append({"url": name, "rows": len(part), "sha256": hashlib.sha256(data).hexdigest()})
+    info = {"quantizer_kind": kind, "M": m, "K": k, "D": d, "bits": m * int(np.log2(k)), "method": "wsdhq",
+            "checkpoint": f"/runs/{model}", "checkpoint_sha256": {"model.pt": model, "quantizer.npz": model},
+            "tag_semantics_hash": tags, "has_features": feat is not None, "source": {"split": "x"}}
+    return write_manifest(url, info, entries)
+
+
+@pytest.fixture
+def retrieval_data():
+    """4 classes, features = class centre + noise; codes from a 2 x 16-word codebook fitted to them."""
+    rng = np.random.default_rng(0)
+    d, m, k = 8, 2, 16
+    centres = rng.standard_normal((4, d)) * 2
+    def make(n, prefix):
+        cls = rng.integers(0, 4, n)
+        f = (centres[cls] + rng.standard_normal((n, d)) * 0.7).astype(np.float32)
+        labels = [[f"c{c}"] + (["extra"] if c == 0 and i % 3 == 0 else []) for i, c in enumerate(cls)]
+        return [f"{prefix}{i:05d}" for i in range(n)], f, labels
+    dkeys, dfeat, dlab = make(400, "db")
+    qkeys, qfeat, qlab = make(30, "q")
+    cb = rng.standard_normal((m, k, d)).astype(np.float32)
+    cb[0] = centres[rng.integers(0, 4, k)] + rng.standard_normal((k, d)) * 0.3  # level 1 ~ class centres
+    cb[1] *= 0.3
+
+    def encode(x):  # greedy residual assignment (a stand-in for the trained encoder's codes)
+        codes = np.zeros((len(x), m), np.uint8)
+        r = x.copy()
+        for j in range(m):
+            codes[:, j] = ((r[:, None, :] - cb[j][None]) ** 2).sum(-1).argmin(1)
+            r -= cb[j][codes[:, j]]
+        return codes
+    return {"cb": cb, "db": (dkeys, encode(dfeat), dlab, dfeat), "q": (qkeys, encode(qfeat), qlab, qfeat)}
