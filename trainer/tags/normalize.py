@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 # is off unless `drop_camera_tags` is set.
 _CAMERA = re.compile(
     r"^(canon|nikon|sony|olympus|pentax|panasonic|fujifilm|fuji|kodak|leica|samsung|iphone|"
-    r"lumix|eos|dsc|img|dscn|dscf)[\s_-]?[a-z]*\d[\w-]*$"
+    r"lumix|eos|dsc|img|dscn|dscf)[a-z\s_-]*\d[\w\s-]*$"
 )
 _NUMERIC = re.compile(r"^[\d\s.,:/_-]+$")
 _SPACES = re.compile(r"\s+")

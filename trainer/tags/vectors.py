@@ -10,7 +10,8 @@ Sources (``VectorConfig.source``):
 - ``auto``: the GloVe package when installed and it covers ``min_coverage`` of the vocabulary,
   else ``cooccurrence``.
 A tag is looked up as itself, then with spaces as ``_`` (word2vec phrases), then as the mean of its
-tokens when every token has a vector (this project's choice). Tags a word source does not cover
+tokens when every token is alphabetic and has a vector (so ids like ``tag_0001`` never match; this
+project's choice). Tags a word source does not cover
 follow ``oov``: ``drop``, or ``neighbours`` = the co-occurrence-weighted mean of covered tags'
 vectors (dropped when no covered tag co-occurs with it).
 """
@@ -63,7 +64,7 @@ def candidate_words(tag: str) -> list[str]:
     words = [tag, tag.replace(" ", "_")]
     tokens = [t for t in _TOKEN.split(tag) if t]
     if len(tokens) > 1:
-        words.extend(tokens)
+        words.extend(t for t in tokens if t.isalpha())
     return words
 
 
@@ -72,7 +73,7 @@ def lookup(tag: str, table: dict[str, np.ndarray]) -> np.ndarray | None:
         if w in table:
             return table[w]
     tokens = [t for t in _TOKEN.split(tag) if t]
-    if len(tokens) > 1 and all(t in table for t in tokens):
+    if len(tokens) > 1 and all(t.isalpha() and t in table for t in tokens):
         return np.mean([table[t] for t in tokens], axis=0)
     return None
 
