@@ -1,0 +1,45 @@
+"""The training loop in Ray Train local mode (num_workers=0: in this process), fast."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests.train.conftest import run_config
+from trainer import checkpointing
+from trainer.train import build_trainer
+
+
+def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_final(digits_features, tmp_path):
+    cfg = run_config(digits_features, tmp_path, "local", "training.epochs=2")
+    result = build_trainer(cfg).fit()
+    assert result.error is None
+    with result.checkpoint.as_directory() as d:
+        loaded = checkpointing.load(d)
+        history = json.loads((Path(d) / "metrics.json").read_text())
+    assert loaded.state.epoch == 2
+    assert [m["epoch"] for m in history] == [0, 1]
+    # 480 samples, batch 40, one rank: 12 steps an epoch
+    assert loaded.state.step == 24 and history[-1]["step"] == 24
+    assert all(m["samples"] == 480 for m in history)
+    # code_update_every=1: the codebooks were initialised after epoch 0 and solved again after epoch 1
+    assert loaded.method_state["quantizer_trained"] is True
+    assert loaded.method_state["codebook_updates"] == 2
+    assert tuple(loaded.method_state["codebooks"].shape) == (2, 16, digits_features["dim"])
+    for m in history:
+        assert len(m["live_codewords"]) == 2 and all(1 <= v <= 16 for v in m["live_codewords"])
+        assert 0.0 < m["quantization_error"] < 1.0  # unit vectors: error below their squared norm
+        assert 0.0 <= m["data_wait_fraction"] <= 1.0 and m["samples_per_s"] > 0
+        assert m["codebook_update_seconds"] > 0
+    # the quantization term joins the loss only once codebooks exist (λ = 0 before)
+    assert "loss/q" not in history[0] and history[1]["loss/q"] > 0
+    final = tmp_path / "local" / "final"
+    assert (final / "model.pt").is_file() and (final / "quantizer.npz").is_file()
+    assert (final / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((final / "meta.json").read_text())
+    assert meta["epoch"] == 2 and meta["tag_semantics_hash"] == loaded.tag_semantics_hash
+    from trainer.checkpoint_io import load_inference
+
+    model = load_inference(str(final))
+    assert torch.equal(model.quantizer.codebooks, loaded.method_state["codebooks"].float())

@@ -1,0 +1,81 @@
+"""The root of a training run's typed config tree: the components' own configs plus the run's.
+
+``configs/*.yaml`` is this tree written out; ``key.sub=value`` overrides on the command line apply
+on top (``trainer.config.load``). Components own their sections (``reader`` is the shard reader's,
+``encoder`` and ``method`` the method's, ``training.optim`` the method's optimizer); the sections defined here are the ones only the distributed loop reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from shards.reader import ReaderConfig
+from trainer.encoders import EncoderConfig
+from trainer.methods import MethodConfig, OptimConfig
+
+
+@dataclass
+class DataConfig:
+    train: str = ""   # training shard set: a directory or s3:// prefix holding manifest.json
+    tags: str = ""    # tag semantics artifact directory (python -m trainer.tags build)
+
+
+@dataclass
+class ScalingConfig:
+    """Ray Train workers. ``num_workers: 0`` runs the loop in this process (Ray Train local mode)."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0          # only with use_gpu
+    collective_timeout_s: int = 1800      # torch.distributed + Ray Train report barrier; finite
+    worker_env: dict[str, str] = field(default_factory=dict)  # e.g. GLOO_SOCKET_IFNAME, NCCL_DEBUG
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[1, 2] = 1         # bf16 on GPU, fp32 on CPU (chosen from use_gpu)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 10
+    seed: int = 0
+    engine: Literal["ddp", "deepspeed"] = "ddp"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+@dataclass
+class StorageConfig:
+    """Where the run lives: ``<path>/<name>/`` (local or s3://). The same name resumes that run."""
+
+    path: str = "runs"
+    name: str = "wsdhq"
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class FailureConfig:
+    max_failures: int = 1                 # worker-group restarts from the last checkpoint
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection for tests and drills: rank ``fail_rank`` raises once, mid-epoch."""
+
+    fail_at_epoch: Optional[int] = None
+    fail_rank: int = 1
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)

@@ -1,0 +1,154 @@
+"""``python -m trainer.train --config configs/<name>.yaml [key=value ...]`` (also ``wsdhq train``).
+
+The driver: load the typed config, check the inputs (one clear error before any worker starts),
+then hand ``trainer.loop.train_loop_per_worker`` to Ray Train's ``TorchTrainer``. The same command
+runs on a laptop (a local Ray instance is started) and under ``ray job submit`` on a cluster (it
+joins the job's cluster). Re-running with the same ``storage.name`` resumes that run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from trainer import config as config_lib
+from trainer.config import ConfigError
+from trainer.run_config import RunConfig
+
+
+class InputError(ValueError):
+    """An input the config points at is missing or unusable; the message names it."""
+
+
+def resolve_storage(path: str) -> str:
+    """Absolute local path or the s3:// URL as given (Ray Train needs absolute local paths)."""
+    from shards import storage
+
+    return path if storage.is_s3(path) else str(Path(path).expanduser().resolve())
+
+
+def preflight(cfg: RunConfig) -> dict:
+    """Check what the workers will read, on the driver; returns facts the summary prints."""
+    from shards import storage
+    from shards.manifest import Manifest
+    from trainer.tags import TagSemantics
+
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training shard set given")
+    if not cfg.data.tags:
+        raise ConfigError("data.tags: no tag semantics artifact given (python -m trainer.tags build ...)")
+    if cfg.training.epochs < 1:
+        raise ConfigError(f"training.epochs: must be >= 1, got {cfg.training.epochs}")
+    if cfg.scaling.num_workers < 0:
+        raise ConfigError(f"scaling.num_workers: must be >= 0, got {cfg.scaling.num_workers}")
+    try:
+        manifest = Manifest.load(cfg.data.train)
+    except (OSError, ValueError) as e:
+        raise InputError(f"data.train: cannot read the training manifest at {cfg.data.train}: {e}") from None
+    if manifest.total == 0:
+        raise InputError(f"data.train: the training set at {cfg.data.train} is empty (0 samples)")
+    workers = max(1, cfg.scaling.num_workers)
+    if len(manifest.shards) < workers:
+        raise InputError(
+            f"scaling.num_workers={workers} but data.train has only {len(manifest.shards)} shard(s): "
+            f"every worker streams its own shards; re-shard with smaller shards or use fewer workers")
+    try:
+        tags = TagSemantics.load(cfg.data.tags)
+    except (OSError, ValueError) as e:
+        raise InputError(f"data.tags: cannot load the tag semantics artifact at {cfg.data.tags}: {e}") from None
+    if storage.is_s3(cfg.storage.path):
+        bucket = storage.split_s3(cfg.storage.path)[0]
+        try:
+            storage.s3_client().head_bucket(Bucket=bucket)
+        except Exception as e:  # botocore ClientError / endpoint errors: name the bucket, not the stack
+            raise InputError(f"storage.path: S3 bucket {bucket!r} is not reachable: {e}") from None
+    if cfg.training.engine == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError("training.engine=deepspeed but deepspeed is not installed "
+                              "(pip install 'wsdhq[deepspeed]')") from None
+    return {"train_samples": manifest.total, "train_shards": len(manifest.shards),
+            "tags": len(tags.names), "tag_semantics_hash": tags.hash}
+
+
+def _storage(path: str):
+    """(storage_path, storage_filesystem) for Ray Train: pyarrow's S3 honours AWS_ENDPOINT_URL only
+    through ``FileSystem.from_uri``, so S3 goes that way (moto, MinIO, R2 and AWS alike)."""
+    from shards import storage
+
+    if not storage.is_s3(path):
+        return path, None
+    import pyarrow.fs
+
+    fs, prefix = pyarrow.fs.FileSystem.from_uri(path)
+    return prefix, fs
+
+
+def build_trainer(cfg: RunConfig, train_fn: Callable[[dict], None] | None = None):
+    """The TorchTrainer for ``cfg`` (``train_fn`` defaults to the real per-worker loop)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainer.loop import train_loop_per_worker
+
+    storage_url = resolve_storage(cfg.storage.path)
+    loop_config = config_lib.to_dict(cfg)
+    loop_config["storage"]["path"] = storage_url
+    storage_path, storage_fs = _storage(storage_url)
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    env_vars = {"RAY_TRAIN_COLLECTIVE_TIMEOUT_S": str(cfg.scaling.collective_timeout_s)}
+    if not cfg.scaling.use_gpu:
+        env_vars["DS_ACCELERATOR"] = "cpu"
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        if k in os.environ:
+            env_vars[k] = os.environ[k]
+    env_vars.update(cfg.scaling.worker_env)
+    return TorchTrainer(
+        train_fn or train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources if cfg.scaling.num_workers else None),
+        torch_config=TorchConfig(timeout_s=cfg.scaling.collective_timeout_s),
+        run_config=ray.train.RunConfig(
+            name=cfg.storage.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.storage.keep_checkpoints),
+            worker_runtime_env={"env_vars": env_vars}),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="wsdhq train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    a = p.parse_args(argv)
+    try:
+        cfg = config_lib.load(RunConfig, a.config, a.overrides)
+        facts = preflight(cfg)
+    except (ConfigError, InputError) as e:
+        print(f"wsdhq train: {e}", file=sys.stderr)
+        return 2
+    print(f"wsdhq train: {facts['train_samples']} samples in {facts['train_shards']} shards, "
+          f"{facts['tags']} tag units, {max(1, cfg.scaling.num_workers)} worker(s), run "
+          f"{resolve_storage(cfg.storage.path)}/{cfg.storage.name}", flush=True)
+    result = build_trainer(cfg).fit()
+    if result.error:
+        print(f"wsdhq train: training failed: {result.error}", file=sys.stderr)
+        return 1
+    with result.checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / "metrics.json").read_text())
+    last = history[-1]
+    print(f"wsdhq train: done, {len(history)} epochs, final loss {last['loss']:.4g}; "
+          f"inference checkpoint and training_curves.png in {result.path}/final")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
