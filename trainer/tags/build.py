@@ -168,7 +168,7 @@ def semantics_from_counts(counts: TagCounts, cfg: TagConfig) -> TagSemantics:
     sem = TagSemantics(names=names, embeddings=unit_emb, vocab=list(counts.vocab),
                        counts=[int(c) for c in counts.counts], merge_map=merge_map, config=cfg.semantic(),
                        stats=stats)
-    if any(labels is not None for _, labels in counts.label_sample):
+    if any(labels for _, labels in counts.label_sample):
         sem.stats["label_agreement"] = label_agreement(counts.label_sample, counts.vocab, sem)
     sem.stats["images_untagged_after_merge"] = _untagged_after_merge(counts, merge_map)
     log.info("tag semantics: %s", stats["sizes"])
