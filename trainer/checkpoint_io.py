@@ -1,6 +1,6 @@
 """Inference checkpoints: what ``eval.encode`` needs to turn images into codes, nothing more.
 
-A checkpoint directory (local path or s3:// prefix) holds ``model.pt`` (encoder state dict,
+A checkpoint directory (local path or s3:// prefix, through ``shards.storage``) holds ``model.pt`` (encoder state dict,
 ``torch.save``), ``quantizer.npz`` (``Quantizer.save``), ``icm_weights.npy`` (the tag directions ICM
 measures errors along; additive quantizers only) and ``meta.json``. Loading never unpickles:
 ``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``.
@@ -46,31 +46,19 @@ class InferenceModel:
         return q.encode(e)
 
 
-def _storage():
-    from shards import storage  # lazy: only s3:// checkpoints need boto3
-
-    return storage
-
-
 def _write(dir_url: str, name: str, data: bytes) -> None:
-    if dir_url.startswith("s3://"):
-        s = _storage()
-        s.write_bytes(s.join(dir_url, name), data)
-    else:
-        Path(dir_url).mkdir(parents=True, exist_ok=True)
-        tmp = Path(dir_url) / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(Path(dir_url) / name)
+    from shards import storage  # lazy: webdataset/boto3 only when a checkpoint is written
+
+    storage.write_bytes(storage.join(dir_url, name), data)
 
 
 def _read(dir_url: str, name: str) -> bytes:
-    if dir_url.startswith("s3://"):
-        s = _storage()
-        return s.read_bytes(s.join(dir_url, name))
-    p = Path(dir_url) / name
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {dir_url}: missing {name}")
-    return p.read_bytes()
+    from shards import storage
+
+    try:
+        return storage.read_bytes(storage.join(dir_url, name))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {dir_url}: missing {name}") from None
 
 
 def save_inference(dir_url: str, method, meta: dict) -> dict:

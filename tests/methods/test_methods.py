@@ -224,3 +224,19 @@ def test_label_embeddings_are_orthonormal_when_they_fit():
     E = label_embeddings(10, 16, seed=3)
     assert torch.allclose(E @ E.T, torch.eye(10), atol=1e-5)
     assert torch.allclose(label_embeddings(40, 16).norm(dim=1), torch.ones(40), atol=1e-5)
+
+
+@pytest.mark.s3
+def test_inference_checkpoint_round_trips_through_s3(weak_set, s3_bucket):
+    m = _trained_wsdhq(weak_set)
+    url = f"s3://{s3_bucket}/runs/r1/final"
+    save_inference(url, m, {"epoch": 2})
+    loaded = load_inference(url)
+    assert torch.equal(loaded.encode(weak_set.x[:100]), m.encode(weak_set.x[:100]))
+    assert loaded.meta["icm_weights"] == "icm_weights.npy"
+    assert torch.equal(loaded.icm_weights, m.icm_weights)
+
+
+def test_missing_checkpoint_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        load_inference(str(tmp_path))

@@ -7,7 +7,6 @@ as is. When torchvision or timm is installed (GPU clusters), their models can be
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -119,15 +118,12 @@ def resnet50(num_classes: int = 0) -> ResNet:
 def read_state_dict(url: str) -> dict[str, torch.Tensor]:
     """A state dict from a local path or s3:// URL: ``.safetensors`` (if installed) or torch's zip format,
     always with ``weights_only=True`` (never unpickle arbitrary objects)."""
-    if url.startswith("s3://"):
-        from shards import storage  # lazy: only S3 users need boto3 set up
+    from shards import storage  # lazy: local paths and s3:// through one API
 
+    try:
         data = storage.read_bytes(url)
-    else:
-        p = Path(url)
-        if not p.is_file():
-            raise FileNotFoundError(f"encoder.weights: no such file {url}")
-        data = p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"encoder.weights: no such file {url}") from None
     if url.endswith(".safetensors"):
         try:
             from safetensors.torch import load as load_safetensors
