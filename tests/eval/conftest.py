@@ -61,3 +61,44 @@ def retrieval_data():
             r -= cb[j][codes[:, j]]
         return codes
     return {"cb": cb, "db": (dkeys, encode(dfeat), dlab, dfeat), "q": (qkeys, encode(qfeat), qlab, qfeat)}
+
+
+def _png(rng) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_corpus(url, n, per_shard, seed=0, prefix="item", feat_dim=16, classes=4):
+    """A shard set of ``n`` samples (tiny png, tags, labels, feat.npy) in shards of ``per_shard``."""
+    from shards.schema import encode_sample
+    from shards.writer import ShardSetWriter
+
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).standard_normal((classes, feat_dim)) * 2
+    w = ShardSetWriter(str(url), "eval-test", "database", label_names=[f"c{c}" for c in range(classes)],
+                       max_count=per_shard)
+    for i in range(n):
+        c = int(rng.integers(0, classes))
+        feat = centres[c] + rng.standard_normal(feat_dim) * 0.5
+        w.write(encode_sample(f"{prefix}{i:05d}", _png(rng), "png", [f"t{c}"], [f"c{c}"], feat=feat))
+    return w.close()
+
+
+def make_checkpoint(url, name="wsdhq", tag_hash="tags-a", feat_dim=16, embed_dim=8, m=2, k=16, seed=0):
+    """A real inference checkpoint (trainer.checkpoint_io.save_inference) of a tiny MLP model."""
+    from trainer.checkpoint_io import save_inference
+    from trainer.encoders import EncoderConfig
+    from trainer.methods import MethodConfig, build_method, label_embeddings
+
+    torch.manual_seed(seed)
+    enc = EncoderConfig(kind="mlp", in_features=feat_dim, hidden=32)
+    cfg = MethodConfig(name=name, embed_dim=embed_dim, M=m, K=k, seed=seed)
+    method = build_method(cfg, enc, label_embeddings(6, embed_dim))
+    if name == "wsdhq":
+        x = torch.randn(400, feat_dim, generator=torch.Generator().manual_seed(seed))
+        method.codebook_update([method.embed(x)])
+    method.encoder.eval()
+    return save_inference(str(url), method, {"epoch": 1, "tag_semantics_hash": tag_hash})

@@ -1,0 +1,307 @@
+"""``python -m eval.encode --checkpoint <dir> --shards <set> --out <dir>``: encode a corpus into codes.
+
+Meant for ``ray job submit -- python -m eval.encode ...``. Work unit = one input shard -> one code
+file ``codes-<shard>.npz``, written in one atomic step (local temp + rename, or a single S3 put), by
+a pool of Ray actors that each load the checkpoint once (GPU per actor when the cluster has GPUs).
+
+Why per-shard actor calls and not Ray Data ``read_webdataset().map_batches(ActorPoolStrategy)``:
+the job must be resumable and idempotent. With one output file per input shard, "already encoded"
+is simply "its code file exists and is valid", a killed job re-run skips finished shards, and no
+shard's rows can be written twice; Ray Data's ``write_parquet`` names files by block and appends, so
+a re-run after a kill duplicates rows, and partial writes of a killed dataset stay visible. The
+actor pool gives the same benefit as ``ActorPoolStrategy`` (model loaded once per actor, batches
+inside). Pool size defaults to CPUs - 1 (ecosystem.md §2.1: 2 actors on 2 CPUs deadlock), and
+``--local`` runs the same per-shard code in-process without Ray (tests, laptops).
+
+Memory is bounded by one shard's output (codes + optional features, ~1.2 MB for 1000 samples at
+D=300) plus one batch of images, never by the corpus. ``codes_manifest.json`` is written last.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
+from shards import storage
+from shards.manifest import Manifest, sha256_of
+from trainer import config as tconfig
+
+JOB_FILE = "encode_job.json"  # written first: pins the checkpoint a (resumed) job writes for
+
+
+@dataclass
+class EncodeConfig:
+    """How the corpus is encoded; ``gpus_per_actor`` < 0 means "1 when the cluster has GPUs"."""
+
+    batch_size: int = 256
+    image_size: int = 224
+    features: bool = True  # store the float features f (needed for feature scoring and baselines)
+    actors: int = 0  # 0: CPUs - 1 (at least 1)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = -1.0
+    progress_every_s: float = 10.0
+    max_shards: int = 0  # encode at most this many new shards in this run, then stop (0: all)
+
+
+class EncodeError(ValueError):
+    """The job cannot run as asked; the message names the culprit."""
+
+
+def checkpoint_identity(checkpoint: str) -> dict:
+    """sha256 of the checkpoint files that decide the codes, and its meta (method, tag hash, ...)."""
+    meta_url = storage.join(checkpoint, "meta.json")
+    try:
+        meta = json.loads(storage.read_bytes(meta_url).decode("utf-8"))
+    except FileNotFoundError:
+        raise EncodeError(f"checkpoint {checkpoint}: no meta.json (not an inference checkpoint)") from None
+    hashes = {}
+    for name in ("model.pt", "quantizer.npz") + ((meta["icm_weights"],) if meta.get("icm_weights") else ()):
+        try:
+            hashes[name] = sha256_of(storage.join(checkpoint, name))[0]
+        except FileNotFoundError:
+            raise EncodeError(f"checkpoint {checkpoint}: missing {name}") from None
+    return {"meta": meta, "sha256": hashes}
+
+
+def codes_of(model, f: torch.Tensor) -> torch.Tensor:
+    """Codes of already embedded ``f``: ``InferenceModel.encode`` without its second forward pass
+    (same ICM weights and fixed generator, so the codes are identical)."""
+    q = model.quantizer
+    if q.kind == "additive":
+        return q.encode(f.to(q.codebooks.device), model.icm_weights, generator=torch.Generator().manual_seed(0))
+    return q.encode(f)
+
+
+class ShardEncoder:
+    """Loads the checkpoint once; ``encode_shard`` turns one input shard into one code file."""
+
+    def __init__(self, checkpoint: str, cfg: EncodeConfig):
+        from trainer.checkpoint_io import load_inference
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_inference(checkpoint, self.device)
+        self.cfg = cfg
+        self.features_only = self.model.meta.get("encoder_config", {}).get("kind") == "mlp"
+
+    def _batches(self, url: str, offset: int, skips: Counter):
+        from shards.images import decode_rgb
+        from shards.reader import raw_samples
+        from shards.schema import SampleError, decode_fields
+        from shards.transforms import eval_transform
+
+        keys, index, labels, xs = [], [], [], []
+        for pos, raw in raw_samples(url, skips):
+            try:
+                s = decode_fields(raw, need_image=not self.features_only)
+                if self.features_only:
+                    if "feat" not in s:
+                        raise SampleError("missing_feat", f"{url}:{s['__key__']}: no feat.npy")
+                    x = torch.from_numpy(np.asarray(s["feat"], dtype=np.float32))
+                else:
+                    x = eval_transform(decode_rgb(s["image"], f"{url}:{s['__key__']}"), self.cfg.image_size)
+            except SampleError as exn:
+                skips[exn.reason] += 1
+                continue
+            keys.append(s["__key__"])
+            index.append(offset + pos)
+            labels.append(s["labels"])
+            xs.append(x)
+            if len(xs) == self.cfg.batch_size:
+                yield keys, index, labels, torch.stack(xs)
+                keys, index, labels, xs = [], [], [], []
+        if xs:
+            yield keys, index, labels, torch.stack(xs)
+
+    @torch.no_grad()
+    def encode_shard(self, url: str, offset: int, out_url: str) -> dict:
+        skips: Counter = Counter()
+        keys, index, labels, codes, feats = [], [], [], [], []
+        start = time.perf_counter()
+        for k, i, lab, x in self._batches(url, offset, skips):
+            f = self.model.embed(x.to(self.device))
+            c = codes_of(self.model, f)
+            keys += k
+            index += i
+            labels += lab
+            codes.append(torch.as_tensor(c).to("cpu", torch.uint8).numpy())
+            if self.cfg.features:
+                feats.append(f.float().cpu().numpy())
+        m = self.model.quantizer.M
+        data = pack_code_file(keys, np.asarray(index, np.int64),
+                              np.concatenate(codes) if codes else np.zeros((0, m), np.uint8), labels,
+                              (np.concatenate(feats) if feats else np.zeros((0, self.model.quantizer.D), np.float32))
+                              if self.cfg.features else None)
+        storage.write_bytes(out_url, data)
+        return {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": url, "rows": len(keys),
+                "sha256": hashlib.sha256(data).hexdigest(), "skipped": dict(skips),
+                "seconds": time.perf_counter() - start}
+
+
+def existing_entry(out_url: str, shard: str, m: int, with_features: bool) -> dict | None:
+    """The manifest entry of an already written, valid code file; None when it must be (re)done."""
+    if not storage.exists(out_url):
+        return None
+    try:
+        d = read_code_file(out_url)
+    except CodeSetError:
+        return None
+    if d["codes"].ndim != 2 or d["codes"].shape[1] != m or (with_features and "feat" not in d):
+        return None
+    data = storage.read_bytes(out_url)
+    return {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": shard, "rows": int(len(d["key"])),
+            "sha256": hashlib.sha256(data).hexdigest(), "skipped": None}
+
+
+def _remove_stale_temps(out: str) -> int:
+    """Temp files a killed local write left behind (``.codes-*.tmp``); S3 puts leave none."""
+    if storage.is_s3(out) or not Path(out).is_dir():
+        return 0
+    stale = list(Path(out).glob(".codes-*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+class Progress:
+    def __init__(self, total: int, every_s: float, log):
+        self.total, self.every_s, self.log = total, every_s, log
+        self.done = self.samples = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def step(self, rows: int, force: bool = False) -> None:
+        self.done += 1
+        self.samples += rows
+        now = time.perf_counter()
+        if force or now - self.last >= self.every_s or self.done == self.total:
+            rate = self.samples / max(now - self.t0, 1e-9)
+            self.log(f"encoded {self.done}/{self.total} shards, {self.samples:,} samples, {rate:,.0f} samples/s")
+            self.last = now
+
+
+def _run_ray(checkpoint: str, todo: list[tuple[str, int, str]], cfg: EncodeConfig, progress: Progress) -> list[dict]:
+    import ray
+    from ray.util import ActorPool
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    try:
+        res = ray.cluster_resources()
+        gpus = cfg.gpus_per_actor if cfg.gpus_per_actor >= 0 else (1.0 if res.get("GPU", 0) > 0 else 0.0)
+        actors = cfg.actors or max(1, int(res.get("CPU", 2)) - 1)
+        actors = min(actors, len(todo))
+        cls = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=gpus)(ShardEncoder)
+        pool = ActorPool([cls.remote(checkpoint, cfg) for _ in range(actors)])
+        out = []
+        for entry in pool.map_unordered(lambda a, t: a.encode_shard.remote(*t), todo):
+            out.append(entry)
+            progress.step(entry["rows"])
+        return out
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool = False, log=print) -> dict | None:
+    """Encode every shard not yet encoded; write the manifest when all are done (returns it), else None."""
+    checkpoint, shards, out = str(checkpoint), str(shards), str(out)
+    source = Manifest.load(shards)
+    ident = checkpoint_identity(checkpoint)
+    meta = ident["meta"]
+    job = {"checkpoint": checkpoint, "checkpoint_sha256": ident["sha256"],
+           "tag_semantics_hash": meta.get("tag_semantics_hash"), "shards": source.url, "features": cfg.features}
+    job_url = storage.join(out, JOB_FILE)
+    if storage.exists(job_url):
+        prev = json.loads(storage.read_bytes(job_url).decode("utf-8"))
+        for key in ("checkpoint_sha256", "tag_semantics_hash", "shards", "features"):
+            if prev.get(key) != job[key]:
+                raise EncodeError(
+                    f"{out} already holds codes of another job ({key}: {str(prev.get(key))[:80]} there, "
+                    f"{str(job[key])[:80]} now; tags {str(prev.get('tag_semantics_hash'))[:12]} vs "
+                    f"{str(job['tag_semantics_hash'])[:12]}): use a fresh --out")
+    else:
+        storage.write_bytes(job_url, (json.dumps(job, indent=1) + "\n").encode())
+    for name in ("quantizer.npz", "meta.json"):
+        storage.write_bytes(storage.join(out, name), storage.read_bytes(storage.join(checkpoint, name)))
+    from trainer.quantizers import load_quantizer
+
+    q = load_quantizer(io.BytesIO(storage.read_bytes(storage.join(checkpoint, "quantizer.npz"))))
+    stale = _remove_stale_temps(out)
+    if stale:
+        log(f"removed {stale} temp file(s) a killed run left in {out}")
+    urls = source.shard_urls()
+    entries: dict[str, dict] = {}
+    todo = []
+    for url, offset in zip(urls, source.offsets()):
+        target = storage.join(out, code_file_name(url))
+        done = existing_entry(target, url, q.M, cfg.features)
+        if done is not None:
+            entries[url] = done
+        else:
+            todo.append((url, offset, target))
+    log(f"{len(urls)} shards in {source.url}: {len(entries)} already encoded, {len(todo)} to do")
+    if cfg.max_shards:
+        todo = todo[: cfg.max_shards]
+    progress = Progress(len(todo), cfg.progress_every_s, log)
+    if todo:
+        if local:
+            enc = ShardEncoder(checkpoint, cfg)
+            for t in todo:
+                entry = enc.encode_shard(*t)
+                entries[t[0]] = entry
+                progress.step(entry["rows"])
+        else:
+            for entry in _run_ray(checkpoint, todo, cfg, progress):
+                entries[entry["shard"]] = entry
+    if len(entries) < len(urls):
+        log(f"stopped after {len(todo)} new shard(s) (max_shards); {len(urls) - len(entries)} remain: re-run to resume")
+        return None
+    files = [entries[u] for u in urls]
+    skipped = Counter()
+    for f in files:
+        skipped.update(f.pop("skipped") or {})
+        f.pop("seconds", None)
+    info = {"quantizer_kind": q.kind, "M": q.M, "K": q.K, "D": q.D, "bits": int(q.M * np.log2(q.K)),
+            "method": meta.get("method"), "checkpoint": checkpoint, "checkpoint_sha256": ident["sha256"],
+            "tag_semantics_hash": meta.get("tag_semantics_hash"), "has_features": cfg.features,
+            "source": {"url": source.url, "split": source.split, "total": source.total, "source": source.source},
+            "label_names": source.label_names, "skipped_this_run": dict(skipped), "created_by": "wsdhq eval.encode",
+            "config": tconfig.to_dict(cfg)}
+    m = write_manifest(out, info, files)
+    log(f"wrote {m['total']:,} codes ({info['bits']} bits) in {len(files)} files + {MANIFEST} to {out}")
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.encode", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="inference checkpoint dir (local or s3://)")
+    p.add_argument("--shards", required=True, help="shard set to encode (dir or s3:// prefix)")
+    p.add_argument("--out", required=True, help="code set output (dir or s3:// prefix)")
+    p.add_argument("--config", help="YAML with EncodeConfig fields")
+    p.add_argument("--local", action="store_true", help="encode in this process, without Ray")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=512 features=false")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        cfg = tconfig.load(EncodeConfig, a.config, a.overrides)
+        run(a.checkpoint, a.shards, a.out, cfg, local=a.local, log=lambda s: print(s, flush=True))
+    except (tconfig.ConfigError, EncodeError, CodeSetError, FileNotFoundError, ValueError) as exn:
+        print(f"encode: error: {exn}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eval.codes import load_code_set
+from eval.encode import EncodeConfig, EncodeError, run
+from shards import storage
+from tests.eval.conftest import make_checkpoint, write_corpus
+from trainer.checkpoint_io import load_inference
+
+REPO = Path(__file__).resolve().parents[2]
+QUIET = dict(log=lambda *_: None)
+
+
+def _expected(corpus, ckpt):
+    """Codes and features the inference model gives, straight from the shard set's feat.npy."""
+    from shards.reader import iter_samples
+    from shards.manifest import Manifest
+
+    keys, feats, labels = [], [], []
+    for url in Manifest.load(str(corpus)).shard_urls():
+        for s in iter_samples(url):
+            keys.append(s["__key__"])
+            feats.append(s["feat"])
+            labels.append(s["labels"])
+    model = load_inference(str(ckpt))
+    x = torch.tensor(np.stack(feats), dtype=torch.float32)
+    return keys, model.encode(x).numpy(), model.embed(x).numpy(), labels
+
+
+def test_encode_writes_one_row_per_key_with_the_models_codes_and_features(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 50, 16)
+    make_checkpoint(tmp_path / "ckpt")
+    m = run(tmp_path / "ckpt", corpus, tmp_path / "codes", EncodeConfig(batch_size=7), local=True, **QUIET)
+    assert [f["rows"] for f in m["files"]] == [16, 16, 16, 2] and m["total"] == 50
+    assert (m["M"], m["K"], m["bits"], m["quantizer_kind"], m["tag_semantics_hash"]) == (2, 16, 8, "additive", "tags-a")
+    cs = load_code_set(tmp_path / "codes")
+    keys, codes, feats, labels = _expected(corpus, tmp_path / "ckpt")
+    assert cs.keys.tolist() == keys and cs.index.tolist() == list(range(50))
+    assert np.array_equal(cs.codes, codes)
+    np.testing.assert_allclose(cs.feat, feats, rtol=1e-5, atol=1e-6)
+    assert cs.labels == labels and {x for ls in labels for x in ls} == {"c0", "c1", "c2", "c3"}
+
+
+def test_rerun_of_a_finished_job_skips_every_shard_and_changes_nothing(tmp_path):
+    write_corpus(tmp_path / "corpus", 30, 10)
+    make_checkpoint(tmp_path / "ckpt")
+    run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True, **QUIET)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "codes").glob("codes-*.npz")}
+    lines = []
+    run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True, log=lines.append)
+    assert "3 shards in" in lines[0] and "3 already encoded, 0 to do" in lines[0]
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "codes").glob("codes-*.npz")}
+
+
+def test_encode_job_killed_half_way_then_rerun_has_exactly_one_row_per_key(tmp_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "codes"
+    write_corpus(corpus, 240, 8)  # 30 shards
+    make_checkpoint(tmp_path / "ckpt")
+    cmd = [sys.executable, "-m", "eval.encode", "--local", "--checkpoint", str(tmp_path / "ckpt"),
+           "--shards", str(corpus), "--out", str(out), "batch_size=4"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("codes-*.npz"))) < 3 and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    written = len(list(out.glob("codes-*.npz")))
+    assert 3 <= written < 30 and not (out / "codes_manifest.json").exists()
+    # a write the kill interrupted leaves only a hidden temp file; simulate one to prove it is cleaned
+    (out / ".codes-shard-000029.npz.abc123.tmp").write_bytes(b"partial")
+    lines = []
+    m = run(tmp_path / "ckpt", corpus, out, EncodeConfig(), local=True, log=lines.append)
+    assert any(f"{written} already encoded, {30 - written} to do" in s for s in lines)
+    assert any("removed 1 temp file" in s for s in lines)
+    cs = load_code_set(out)
+    assert len(cs) == 240 and len(set(cs.keys.tolist())) == 240 and m["total"] == 240
+    assert sorted(cs.index.tolist()) == list(range(240))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert np.array_equal(cs.codes, _expected(corpus, tmp_path / "ckpt")[1])
+
+
+def test_max_shards_stops_early_without_a_manifest_and_a_rerun_finishes(tmp_path):
+    write_corpus(tmp_path / "corpus", 30, 10)
+    make_checkpoint(tmp_path / "ckpt")
+    assert run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(max_shards=2),
+               local=True, **QUIET) is None
+    assert len(list((tmp_path / "codes").glob("codes-*.npz"))) == 2
+    assert not (tmp_path / "codes/codes_manifest.json").exists()
+    assert run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True,
+               **QUIET)["total"] == 30
+
+
+def test_resuming_into_codes_of_a_checkpoint_with_another_tag_semantics_hash_is_refused(tmp_path):
+    write_corpus(tmp_path / "corpus", 20, 10)
+    make_checkpoint(tmp_path / "a", tag_hash="a1b2c3d4e5f6")
+    make_checkpoint(tmp_path / "b", tag_hash="c3d4e5f6a7b8", seed=1)
+    run(tmp_path / "a", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(max_shards=1), local=True, **QUIET)
+    with pytest.raises(EncodeError, match="already holds codes of another job .*tags a1b2c3d4e5f6 vs c3d4e5f6a7b8"):
+        run(tmp_path / "b", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True, **QUIET)
+
+
+def test_encode_cli_names_a_missing_checkpoint(tmp_path, capsys):
+    from eval.encode import main
+
+    write_corpus(tmp_path / "corpus", 4, 4)
+    assert main(["--local", "--checkpoint", str(tmp_path / "none"), "--shards", str(tmp_path / "corpus"),
+                 "--out", str(tmp_path / "codes")]) == 2
+    assert f"checkpoint {tmp_path / 'none'}: no meta.json" in capsys.readouterr().err
+
+
+@pytest.mark.s3
+def test_encode_to_s3_is_resumable_and_evaluable(tmp_path, s3_bucket):
+    write_corpus(tmp_path / "corpus", 30, 10)
+    make_checkpoint(tmp_path / "ckpt", name="dpq", m=3, k=8)
+    out = f"s3://{s3_bucket}/codes/db"
+    assert run(tmp_path / "ckpt", tmp_path / "corpus", out, EncodeConfig(max_shards=1), local=True, **QUIET) is None
+    lines = []
+    m = run(tmp_path / "ckpt", tmp_path / "corpus", out, EncodeConfig(), local=True, log=lines.append)
+    assert any("1 already encoded, 2 to do" in s for s in lines)
+    assert m["quantizer_kind"] == "progressive" and m["bits"] == 9
+    names = sorted(u.rsplit("/", 1)[1] for u in storage.list_files(out))
+    assert names == ["codes-shard-000000.npz", "codes-shard-000001.npz", "codes-shard-000002.npz",
+                     "codes_manifest.json", "encode_job.json", "meta.json", "quantizer.npz"]
+    cs = load_code_set(out)
+    assert len(cs) == 30 and cs.codes.shape == (30, 3)
+
+
+@pytest.mark.ray
+def test_encode_with_a_ray_actor_pool_equals_the_local_encode(tmp_path, ray_local):
+    write_corpus(tmp_path / "corpus", 40, 10)
+    make_checkpoint(tmp_path / "ckpt")
+    lines = []
+    m = run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "ray", EncodeConfig(actors=1, progress_every_s=0),
+            log=lines.append)
+    assert m["total"] == 40
+    assert any(s.startswith("encoded 4/4 shards, 40 samples,") and s.endswith("samples/s") for s in lines)
+    run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "local", EncodeConfig(), local=True, **QUIET)
+    a, b = load_code_set(tmp_path / "ray"), load_code_set(tmp_path / "local")
+    assert a.keys.tolist() == b.keys.tolist() and np.array_equal(a.codes, b.codes)
