@@ -37,7 +37,11 @@ class InferenceModel:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.embed(x)
+        return self.encode_embeddings(self.embed(x))
+
+    @torch.no_grad()
+    def encode_embeddings(self, e: torch.Tensor) -> torch.Tensor:
+        """Codes of vectors already returned by ``embed`` (saves a second forward pass)."""
         q = self.quantizer
         if q.kind == "additive":
             # fixed generator: the same image always gets the same ICM codes
