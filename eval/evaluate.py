@@ -24,7 +24,7 @@ from eval import plots, report
 from eval.baselines import BaselineConfig, train_baseline
 from eval.codes import CodeSet, CodeSetError, check_compatible, label_matrix, load_code_set
 from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
-from eval.scoring import decode, lookup_tables, query_chunks, search_aqd, search_features
+from eval.scoring import AQDSearcher, decode, query_chunks, search_features
 from shards import storage
 from trainer import config as tconfig
 
@@ -40,6 +40,7 @@ class EvaluateConfig:
     headline_convention: str = "skip"
     query_chunk: int = 256
     db_chunk: int = 1 << 18
+    search_backend: str = "auto"  # auto | faiss | torch (eval.scoring.AQDSearcher)
     pr_points: int = 40
     grid_queries: int = 4
     grid_top: int = 10
@@ -151,18 +152,15 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
     model = str(db.meta.get("method") or db.manifest.get("method") or "model")
     for m in prefixes:
         bits = m * nbits
-        codes = db.codes[:, :m]
+        searcher = AQDSearcher(cb, db.codes[:, :m], cfg.search_backend, cfg.db_chunk)
         if "aqd" in cfg.scorings and qf is not None:
             keep = cfg.grid_top if m == prefixes[-1] else 0
-            top = add(model, "aqd", bits,
-                      lambda sl, codes=codes, m=m: search_aqd(lookup_tables(qf[sl], cb)[:, :m], codes, k,
-                                                              cfg.db_chunk), keep)
+            top = add(model, "aqd", bits, lambda sl, s=searcher: s.search(qf[sl], k), keep)
             if top is not None:
                 grid_ids = top
         if "sqd" in cfg.scorings:
             add(model, "sqd", bits,
-                lambda sl, codes=codes, m=m: search_aqd(
-                    lookup_tables(decode(query.codes[sl, :m], cb), cb)[:, :m], codes, k, cfg.db_chunk))
+                lambda sl, s=searcher, m=m: s.search(decode(query.codes[sl, :m], cb), k))
     if "feature" in cfg.scorings and qf is not None:
         if db.feat is None:
             notes.append("database codes carry no features: feature scoring skipped")
@@ -181,9 +179,8 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
                     t = time.perf_counter()
                     b = train_baseline(method, base, db.feat, qf, m, nbits, cfg.baselines)
                     log(f"trained {method} M={m} in {time.perf_counter() - t:.1f}s")
-                    add(method, "aqd", m * nbits,
-                        lambda sl, b=b: search_aqd(lookup_tables(b.pad_queries(qf[sl]), b.codebooks),
-                                                   b.db_codes, k, cfg.db_chunk))
+                    s = AQDSearcher(b.codebooks, b.db_codes, cfg.search_backend, cfg.db_chunk)
+                    add(method, "aqd", m * nbits, lambda sl, b=b, s=s: s.search(b.pad_queries(qf[sl]), k))
     out = {
         "config": tconfig.to_dict(cfg) | {"top_k": cfg.top_k},
         "conventions": CONVENTIONS, "headline_convention": cfg.headline_convention,

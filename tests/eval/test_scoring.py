@@ -45,3 +45,16 @@ def test_feature_search_ranks_by_raw_inner_product():
     q, db = rng.standard_normal((4, 8)), rng.standard_normal((90, 8))
     _, i = search_features(q, db, k=90, db_chunk=20)
     assert np.array_equal(i, np.argsort(-(q.astype(np.float32) @ db.astype(np.float32).T), 1, kind="stable"))
+
+
+def test_faiss_backed_searcher_equals_the_torch_scan_also_with_massive_ties():
+    from eval.scoring import AQDSearcher
+
+    for seed, m, k in ((4, 3, 256), (5, 1, 4)):  # real-valued scores; 4 distinct scores only
+        cb, codes, queries = _data(seed, n=700, m=m, k=k)
+        a = AQDSearcher(cb, codes, "faiss", db_chunk=100).search(queries, 60)
+        b = AQDSearcher(cb, codes, "torch", db_chunk=100).search(queries, 60)
+        assert np.array_equal(a[1], b[1])
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+        brute = queries @ decode(codes, cb).T
+        assert np.array_equal(a[1], np.argsort(-brute, axis=1, kind="stable")[:, :60])
