@@ -51,7 +51,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = from_dict(RunConfig, config)
     run = build_worker_run(cfg)
     state = resume(run) or fresh_state(run)
-    log = print if run.rank == 0 else (lambda *_: None)
+    log = print if run.rank == 0 else (lambda *_, **__: None)
     for epoch in range(state.epoch, cfg.training.epochs):
         terms, clock = train_epoch(run, state, epoch)
         update = update_codebooks(run, epoch) if run.method.needs_codebook_update(epoch) else {}

@@ -59,6 +59,9 @@ def preflight(cfg: RunConfig) -> dict:
         tags = TagSemantics.load(cfg.data.tags)
     except (OSError, ValueError) as e:
         raise InputError(f"data.tags: cannot load the tag semantics artifact at {cfg.data.tags}: {e}") from None
+    if cfg.method.name != "dpq" and cfg.method.embed_dim != tags.dim:
+        raise ConfigError(f"method.embed_dim={cfg.method.embed_dim} but the tag embeddings in {cfg.data.tags} "
+                          f"are {tags.dim}-dimensional; set method.embed_dim={tags.dim}")
     if storage.is_s3(cfg.storage.path):
         bucket = storage.split_s3(cfg.storage.path)[0]
         try:
@@ -138,15 +141,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wsdhq train: {facts['train_samples']} samples in {facts['train_shards']} shards, "
           f"{facts['tags']} tag units, {max(1, cfg.scaling.num_workers)} worker(s), run "
           f"{resolve_storage(cfg.storage.path)}/{cfg.storage.name}", flush=True)
-    result = build_trainer(cfg).fit()
-    if result.error:
-        print(f"wsdhq train: training failed: {result.error}", file=sys.stderr)
+    import ray.train
+
+    try:
+        result = build_trainer(cfg).fit()
+    except ray.train.TrainingFailedError as e:  # out of retries: the workers' error, once
+        print(f"wsdhq train: training failed: {e}", file=sys.stderr)
         return 1
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / "metrics.json").read_text())
     last = history[-1]
+    from shards import storage
+
+    final = storage.join(resolve_storage(cfg.storage.path), cfg.storage.name, "final")
     print(f"wsdhq train: done, {len(history)} epochs, final loss {last['loss']:.4g}; "
-          f"inference checkpoint and training_curves.png in {result.path}/final")
+          f"inference checkpoint and training_curves.png in {final}")
     return 0
 
 

@@ -1,0 +1,135 @@
+"""Ray Train loop vs a plain single-process torch loop, and the codebook update's share of an epoch.
+
+    .venv/bin/python -m benchmarks.bench_train [--epochs 3] [--workers 1 2]
+
+1. Throughput: the digits demo (image mode, small CNN, 1260 training images) trained for the same
+   epochs by ``trainer.local_fit.fit_local`` (plain loop over the same shard reader) and by the Ray
+   Train loop with 1 and 2 workers; samples/s of the training epochs (codebook updates off in both, so
+   the same work is timed) and the ratio. Data-wait fraction from the Ray loop's own clock.
+2. Codebook update (encode + all-reduce + solve) as a share of an epoch at the demo's size, from
+   a Ray run with code_update_every=1.
+3. How the update grows with M and N: ``Method.codebook_update`` timed alone on N embeddings
+   (one process; the all-reduce of (MK)^2 + MK*D float64 is not in this figure).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from trainer import config as config_lib
+from trainer.run_config import RunConfig
+
+
+def demo_data(root: Path) -> dict:
+    from shards.converters.demo import convert_demo
+    from shards.manifest import Manifest
+    from trainer.tags import TagConfig, build_from_shards
+
+    convert_demo(str(root))
+    sem = build_from_shards(Manifest.load(str(root / "train")).shard_urls(),
+                            config_lib.from_dict(TagConfig, {"num_tasks": 0}))
+    sem.save(str(root / "tags"))
+    return {"train": str(root / "train"), "tags": str(root / "tags"), "dim": sem.dim}
+
+
+def run_config(data: dict, storage: Path, name: str, epochs: int, workers: int, update_every: int) -> RunConfig:
+    return config_lib.from_dict(RunConfig, {
+        "data": {"train": data["train"], "tags": data["tags"]},
+        "reader": {"batch_size": 64, "image_size": 32, "num_workers": 1, "crop_scale": [0.7, 1.0]},
+        "encoder": {"kind": "small_cnn", "width": 16},
+        "method": {"embed_dim": data["dim"], "M": 2, "K": 256, "code_update_every": update_every},
+        "training": {"epochs": epochs},
+        "scaling": {"num_workers": workers, "collective_timeout_s": 600},
+        "storage": {"path": str(storage), "name": name},
+    })
+
+
+def plain_loop(cfg: RunConfig, epochs: int) -> float:
+    """samples/s of fit_local over the same reader, model and optimizer (no Ray, no DDP)."""
+    from shards.reader import make_loader
+    from trainer.local_fit import fit_local
+    from trainer.methods import build_method
+    from trainer.tags import TagSemantics
+
+    tags = TagSemantics.load(cfg.data.tags)
+    method = build_method(cfg.method, cfg.encoder, tags.embeddings)
+    samples = 0
+
+    def batches(epoch: int):
+        nonlocal samples
+        for b in make_loader(cfg.data.train, cfg.reader, 0, 1, epoch, train=True):
+            samples += len(b["key"])
+            yield {"x": b["image"], "y": torch.from_numpy(tags.targets(b["tags"]))}
+
+    start = time.perf_counter()
+    fit_local(method, batches, epochs, cfg.training.optim)
+    return samples / (time.perf_counter() - start)
+
+
+def ray_loop(cfg: RunConfig) -> list[dict]:
+    from trainer.train import build_trainer
+
+    with build_trainer(cfg).fit().checkpoint.as_directory() as d:
+        import json
+
+        return json.loads((Path(d) / "metrics.json").read_text())
+
+
+def update_scaling(dim: int) -> list[tuple[int, int, float]]:
+    from trainer.encoders import EncoderConfig
+    from trainer.methods import MethodConfig, build_method
+
+    rows = []
+    V = torch.nn.functional.normalize(torch.randn(17, dim), dim=1)
+    for M in (1, 2, 4):
+        for N in (1260, 5000, 20000):
+            method = build_method(MethodConfig(embed_dim=dim, M=M, K=256), EncoderConfig(kind="mlp", in_features=8), V)
+            x = torch.nn.functional.normalize(torch.randn(N, dim), dim=1)
+            method.codebook_update([x])  # k-means initialisation + first solve (not timed)
+            start = time.perf_counter()
+            method.codebook_update([x])
+            rows.append((M, N, time.perf_counter() - start))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    a = p.parse_args(argv)
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}})
+    torch.set_num_threads(1)  # a Ray worker gets one CPU: the plain loop gets the same
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = demo_data(root / "demo")
+        never = 10**6
+        plain = plain_loop(run_config(data, root, "plain", a.epochs, 0, never), a.epochs)
+        print(f"plain loop (fit_local, 1 process):  {plain:8.1f} samples/s")
+        for w in a.workers:
+            hist = ray_loop(run_config(data, root, f"ray{w}", a.epochs, w, never))
+            sps = statistics.mean(m["samples_per_s"] for m in hist[1:] or hist)
+            wait = statistics.mean(m["data_wait_fraction"] for m in hist)
+            print(f"Ray Train loop, {w} worker(s):      {sps:8.1f} samples/s  "
+                  f"(ratio to plain {sps / plain:.2f}, data-wait {100 * wait:.1f}%)")
+        hist = ray_loop(run_config(data, root, "update", a.epochs, a.workers[-1], 1))
+        for m in hist:
+            share = m["codebook_update_seconds"] / (m["epoch_seconds"] + m["codebook_update_seconds"])
+            print(f"epoch {m['epoch']}: codebook update {m['codebook_update_seconds']:.2f}s = "
+                  f"{100 * share:.1f}% of the epoch ({a.workers[-1]} workers, M=2 K=256, N=1260)")
+        print("codebook update alone (ICM + statistics + solve, 1 process, K=256):")
+        for M, N, s in update_scaling(data["dim"]):
+            print(f"  M={M} N={N:6d}: {s:6.2f}s")
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

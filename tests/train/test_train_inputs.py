@@ -1,0 +1,76 @@
+"""`python -m trainer.train` refuses bad input with one clear error before any worker starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer import config as config_lib
+from trainer.run_config import RunConfig
+from trainer.train import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, data: dict) -> str:
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def _good(digits_features, tmp_path) -> dict:
+    return {"data": {"train": digits_features["train"], "tags": digits_features["tags"]},
+            "reader": {"features_only": True, "num_workers": 0},
+            "encoder": {"kind": "mlp", "in_features": 64},
+            "method": {"embed_dim": digits_features["dim"]},
+            "scaling": {"num_workers": 2}, "storage": {"path": str(tmp_path / "runs")}}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_into_the_typed_tree(path):
+    cfg = config_lib.load(RunConfig, path)
+    assert cfg.training.epochs >= 1 and cfg.data.train and cfg.data.tags
+
+
+@pytest.mark.parametrize("change, overrides, message", [
+    ({"trainng": {"epochs": 2}}, [], "unknown config key 'trainng'"),
+    ({}, ["training.epochs=two"], "training.epochs: expected an integer, got 'two'"),
+    ({}, ["training.engine=horovod"], "training.engine: 'horovod' is not one of 'ddp', 'deepspeed'"),
+    ({}, ["data.tags=/nonexistent/tags"], "data.tags: cannot load the tag semantics artifact at /nonexistent/tags"),
+    ({}, ["data.train=/nonexistent/train"], "data.train: cannot read the training manifest at /nonexistent/train"),
+    ({}, ["scaling.num_workers=9"], "scaling.num_workers=9 but data.train has only 8 shard(s)"),
+    ({}, ["method.embed_dim=7"], "method.embed_dim=7 but the tag embeddings"),
+])
+def test_bad_config_or_input_is_one_clear_error_naming_the_culprit(digits_features, tmp_path, capsys,
+                                                                    change, overrides, message):
+    data = _good(digits_features, tmp_path)
+    data.update(change)
+    assert main(["--config", _write(tmp_path, data), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_an_empty_training_set_is_refused(digits_features, tmp_path, capsys):
+    from shards.writer import ShardSetWriter
+
+    ShardSetWriter(str(tmp_path / "empty"), source="test", split="train").close()
+    data = _good(digits_features, tmp_path)
+    data["data"]["train"] = str(tmp_path / "empty")
+    assert main(["--config", _write(tmp_path, data)]) == 2
+    assert "is empty (0 samples)" in capsys.readouterr().err
+
+
+@pytest.mark.s3
+def test_an_s3_training_set_or_bucket_that_does_not_exist_is_refused(digits_features, tmp_path, capsys,
+                                                                      s3_bucket):
+    data = _good(digits_features, tmp_path)
+    data["data"]["train"] = f"s3://{s3_bucket}/no/such/set"
+    assert main(["--config", _write(tmp_path, data)]) == 2
+    assert f"cannot read the training manifest at s3://{s3_bucket}/no/such/set" in capsys.readouterr().err
+    data = _good(digits_features, tmp_path)
+    data["storage"]["path"] = "s3://no-such-bucket-wsdhq/runs"
+    assert main(["--config", _write(tmp_path, data)]) == 2
+    assert "storage.path: S3 bucket 'no-such-bucket-wsdhq' is not reachable" in capsys.readouterr().err
