@@ -45,8 +45,9 @@ class InferenceModel:
         q = self.quantizer
         if q.kind == "additive":
             # fixed generator: the same image always gets the same ICM codes
-            return q.encode(e.to(q.codebooks.device), self.icm_weights,
-                            generator=torch.Generator().manual_seed(0))
+            dev = q.codebooks.device
+            W = None if self.icm_weights is None else self.icm_weights.to(dev)
+            return q.encode(e.to(dev), W, generator=torch.Generator().manual_seed(0))
         return q.encode(e)
 
 

@@ -242,7 +242,11 @@ class Method:
             if not sample:
                 raise ValueError("codebook_update: feature_batches yielded no embeddings")
             q.init_kmeans(gather_sample(torch.cat(sample)[: self.cfg.kmeans_sample]), self.cfg.seed)
-        stats = CodebookStatistics.zeros(q.M, q.K, q.D)
+        dev = q.codebooks.device
+        W = W.to(dev)
+        MK = q.M * q.K  # zeros on the codebooks' device: a rank without data still joins the reduce
+        stats = CodebookStatistics(torch.zeros(MK, MK, dtype=torch.float64, device=dev),
+                                   torch.zeros(MK, q.D, dtype=torch.float64, device=dev), 0)
         for b in feature_batches:
             t = read(b)
             stats = stats + q.statistics(t, q.encode(t, W, generator=self.generator))

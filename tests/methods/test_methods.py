@@ -18,6 +18,7 @@ from trainer.methods import MethodConfig, OptimConfig, build_method, label_embed
 
 ENC = EncoderConfig(kind="mlp", in_features=32, hidden=64)
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _wsdhq(weak_set, **kw):
