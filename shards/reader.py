@@ -99,7 +99,7 @@ def raw_samples(url: str, skips: Counter, fields: set[str] | None = None) -> Ite
     for pos, raw in enumerate(group_by_keys(files, handler=handler)):
         if raw["__key__"] in seen:
             skips["duplicate_key"] += 1
-            log.warning("skipping (duplicate_key): %s:%s", url, raw["__key__"])
+            log.debug("skipping (duplicate_key): %s:%s", url, raw["__key__"])
             continue
         seen.add(raw["__key__"])
         yield pos, raw
@@ -121,7 +121,7 @@ def iter_samples(shard_url: str, fields: Iterable[str] | None = None,
             yield decode_fields(raw, need_image=need_image)
         except SampleError as exn:
             skips[exn.reason] += 1
-            log.warning("skipping (%s): %s", exn.reason, exn)
+            log.debug("skipping (%s): %s", exn.reason, exn)
     if own and skips:
         log.warning("%s: skipped %s", shard_url, dict(skips))
 
@@ -131,7 +131,7 @@ class _SlotStream(IterableDataset):
 
     def __init__(self, manifest: Manifest, cfg: ReaderConfig, rank: int, world_size: int, epoch: int,
                  train: bool, per_worker_batches: list[int] | None):
-        self.urls, self.offsets = manifest.shard_urls(), manifest.offsets()
+        self.urls, self.offsets, self.total = manifest.shard_urls(), manifest.offsets(), manifest.total
         self.cfg, self.rank, self.world, self.epoch, self.train = cfg, rank, world_size, epoch, train
         self.per_worker_batches = per_worker_batches  # train mode: batches each worker yields
         self.workers = max(1, cfg.num_workers)
@@ -170,7 +170,7 @@ class _SlotStream(IterableDataset):
                     s = decode_fields(raw, need_image=not self.cfg.features_only)
                 except SampleError as exn:
                     skips[exn.reason] += 1
-                    log.warning("skipping (%s): %s", exn.reason, exn)
+                    log.debug("skipping (%s): %s", exn.reason, exn)
                     continue
                 if self.cfg.features_only and "feat" not in s:
                     skips["missing_feat"] += 1
@@ -206,14 +206,19 @@ class _SlotStream(IterableDataset):
                               rng=random.Random(make_seed(self.cfg.seed, self.epoch, slot, 2)))
         limit = None if self.per_worker_batches is None else self.per_worker_batches[worker]
         batch: list[dict] = []
-        produced = 0
+        produced = failed_in_a_row = 0
         if limit != 0:
             for s in stream:
                 try:
                     batch.append(self._to_tensor(s, gen))
+                    failed_in_a_row = 0
                 except SampleError as exn:
                     skips[exn.reason] += 1
-                    log.warning("skipping (%s): %s", exn.reason, exn)
+                    log.debug("skipping (%s): %s", exn.reason, exn)
+                    failed_in_a_row += 1
+                    if failed_in_a_row > self.total:  # a whole cycle of this slot's shards, all bad
+                        raise ReaderError(f"slot {slot} (rank {self.rank}) found no usable image in "
+                                          f"{failed_in_a_row} samples in a row; skips: {dict(skips)}") from None
                     continue
                 if len(batch) == self.cfg.batch_size:
                     yield collate(batch)
