@@ -82,8 +82,13 @@ def build_from_matrix(matrix, names: list[str], cfg: TagConfig | None = None,
 
 
 def build_from_shards(shard_urls: list[str], cfg: TagConfig | None = None) -> TagSemantics:
-    """Both counting passes over shards: one Ray task per group of shards, partials summed."""
+    """Count over shards (``count_shards``), then build the semantics."""
     cfg = cfg or TagConfig()
+    return semantics_from_counts(count_shards(shard_urls, cfg), cfg)
+
+
+def count_shards(shard_urls: list[str], cfg: TagConfig) -> TagCounts:
+    """Both counting passes over shards: one Ray task per group of shards, partials summed."""
     groups = list(iter_chunks(sorted(shard_urls), max(cfg.num_tasks, 1)))
     if cfg.num_tasks == 0:
         freq = _sum(_freq_task(g, cfg.normalize) for g in groups)
@@ -104,7 +109,7 @@ def build_from_shards(shard_urls: list[str], cfg: TagConfig | None = None) -> Ta
                                     for g in groups]), len(vocab), cfg.label_sample)
     counts = counts_from_partials(freq, cooc, vocab, len(freq.freq))
     counts.stats["shards"] = len(shard_urls)
-    return semantics_from_counts(counts, cfg)
+    return counts
 
 
 def _freq_task(urls: list[str], norm: NormalizeConfig) -> FrequencyPartial:
