@@ -106,6 +106,17 @@ class ShardSetWriter:
         self._writer.write(sample)
         self.keys.add(key)
 
+    def abort(self) -> None:
+        """Stop without a manifest and remove what was written: a failed conversion leaves no half set."""
+        if self._writer is not None:
+            self._writer.post = None
+            self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        for f in storage.list_files(self.url):
+            storage.remove(f)
+
     def close(self, skipped: Counter | None = None) -> Manifest:
         if self._writer is not None:
             self._writer.close()
@@ -122,6 +133,7 @@ class DatasetWriter:
 
     ``add`` checks and stores one item; a bad item is counted under its reason in ``skipped``
     (and reported at the end), never dropped silently. ``close`` proves the splits disjoint.
+    Used as a context manager: closed on success, aborted (nothing left behind) on an error.
     """
 
     def __init__(self, root: str, source: str, label_names: list[str] | None = None,
@@ -156,6 +168,16 @@ class DatasetWriter:
         if labels:
             self._labels_seen.update(labels)
         return True
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            for sw in self.writers.values():
+                sw.abort()
 
     def close(self) -> dict[str, Manifest]:
         w = self.writers

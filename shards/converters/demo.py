@@ -82,8 +82,8 @@ def convert_demo(out: str, cfg: DemoConfig | None = None, sharding: ShardingConf
     cfg = cfg or DemoConfig()
     digits = load_digits()
     rng = np.random.default_rng(cfg.seed)
-    writer = DatasetWriter(out, SOURCE, [f"digit_{d}" for d in range(10)], sharding or demo_sharding(), overwrite)
-    for i, (img, label) in enumerate(zip(digits.images, digits.target)):
-        writer.add(f"digits/{i:04d}", png_bytes(img), simulate_tags(int(label), rng, cfg), [f"digit_{int(label)}"])
-    writer.close()
+    labels = [f"digit_{d}" for d in range(10)]
+    with DatasetWriter(out, SOURCE, labels, sharding or demo_sharding(), overwrite) as writer:
+        for i, (img, label) in enumerate(zip(digits.images, digits.target)):
+            writer.add(f"digits/{i:04d}", png_bytes(img), simulate_tags(int(label), rng, cfg), [labels[label]])
     return writer

@@ -71,33 +71,32 @@ def convert_list(list_path: str, out: str, sharding: ShardingConfig | None = Non
     path = Path(list_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image list not found")
-    w = DatasetWriter(out, source or f"list:{path.name}", None, sharding, overwrite)
-    for n, row, err in _rows(path):
-        where = f"{path}:{n}"
-        if row is None:
-            w.skip("bad_list_line", f"{where}: {err}")
-            continue
-        if not row.get("image"):
-            w.skip("bad_list_line", f"{where}: no 'image' field")
-            continue
-        img = Path(row["image"]) if os.path.isabs(row["image"]) else path.parent / row["image"]
-        try:
-            tags = _split(row.get("tags"), sep)
-            labels = _split(row.get("labels") or None, sep)
-        except ValueError as exn:
-            w.skip("bad_tags", f"{where}: {exn}")
-            continue
-        if tags is None:
-            w.skip("missing_tags", f"{where}: no 'tags' field")
-            continue
-        try:
-            data = img.read_bytes()
-        except OSError:
-            w.skip("missing_image_file", f"{where}: {img} not readable")
-            continue
-        key = make_key(row.get("key") or os.path.splitext(row["image"])[0])
-        w.add(key, data, tags, labels, row.get("caption") or None, where=f"{where} ({img})")
-    w.close()
+    with DatasetWriter(out, source or f"list:{path.name}", None, sharding, overwrite) as w:
+        for n, row, err in _rows(path):
+            where = f"{path}:{n}"
+            if row is None:
+                w.skip("bad_list_line", f"{where}: {err}")
+                continue
+            if not row.get("image"):
+                w.skip("bad_list_line", f"{where}: no 'image' field")
+                continue
+            img = Path(row["image"]) if os.path.isabs(row["image"]) else path.parent / row["image"]
+            try:
+                tags = _split(row.get("tags"), sep)
+                labels = _split(row.get("labels") or None, sep)
+            except ValueError as exn:
+                w.skip("bad_tags", f"{where}: {exn}")
+                continue
+            if tags is None:
+                w.skip("missing_tags", f"{where}: no 'tags' field")
+                continue
+            try:
+                data = img.read_bytes()
+            except OSError:
+                w.skip("missing_image_file", f"{where}: {img} not readable")
+                continue
+            key = make_key(row.get("key") or os.path.splitext(row["image"])[0])
+            w.add(key, data, tags, labels, row.get("caption") or None, where=f"{where} ({img})")
     return w
 
 
@@ -119,20 +118,19 @@ def convert_folder(folder: str, out: str, sharding: ShardingConfig | None = None
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: folder not found")
-    w = DatasetWriter(out, source or f"folder:{root.name}", None, sharding, overwrite)
-    for img in _images_under(root):
-        stem = img.with_suffix("")
-        sidecar = next((p for p in (Path(f"{stem}.tags.txt"), Path(f"{stem}.txt")) if p.is_file()), None)
-        if sidecar is None:
-            w.skip("missing_tags", f"{img}: no {stem.name}.tags.txt or {stem.name}.txt beside it")
-            continue
-        try:
-            tags = _read_tag_file(sidecar)
-            labels_file = Path(f"{stem}.labels.txt")
-            labels = _read_tag_file(labels_file) if labels_file.is_file() else None
-        except UnicodeDecodeError:
-            w.skip("non_utf8_tags", f"{sidecar}: not UTF-8")
-            continue
-        w.add(make_key(str(stem.relative_to(root))), img.read_bytes(), tags, labels, where=str(img))
-    w.close()
+    with DatasetWriter(out, source or f"folder:{root.name}", None, sharding, overwrite) as w:
+        for img in _images_under(root):
+            stem = img.with_suffix("")
+            sidecar = next((p for p in (Path(f"{stem}.tags.txt"), Path(f"{stem}.txt")) if p.is_file()), None)
+            if sidecar is None:
+                w.skip("missing_tags", f"{img}: no {stem.name}.tags.txt or {stem.name}.txt beside it")
+                continue
+            try:
+                tags = _read_tag_file(sidecar)
+                labels_file = Path(f"{stem}.labels.txt")
+                labels = _read_tag_file(labels_file) if labels_file.is_file() else None
+            except UnicodeDecodeError:
+                w.skip("non_utf8_tags", f"{sidecar}: not UTF-8")
+                continue
+            w.add(make_key(str(stem.relative_to(root))), img.read_bytes(), tags, labels, where=str(img))
     return w

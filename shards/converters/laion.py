@@ -55,32 +55,31 @@ def convert_laion(inputs: list[str], out: str, sharding: ShardingConfig | None =
                   cfg: LaionConfig | None = None, overwrite: bool = False) -> DatasetWriter:
     cfg = cfg or LaionConfig()
     stop = cfg.stopwords()
-    w = DatasetWriter(out, "img2dataset/LAION-style shards", None, sharding, overwrite)
-    read_skips: Counter = Counter()
-    for url in inputs:
-        for _, raw in raw_samples(str(url), read_skips):
-            where = f"{url}:{raw['__key__']}"
-            image = next((raw[e] for e in IMAGE_EXTS if e in raw), None)
-            if image is None:
-                w.skip("missing_image", f"{where}: no image (failed download?)")
-                continue
-            try:
-                meta = json.loads(raw["json"].decode("utf-8")) if "json" in raw else {}
-                caption = raw["txt"].decode("utf-8") if "txt" in raw else meta.get("caption")
-            except (UnicodeDecodeError, ValueError):
-                w.skip("bad_metadata", f"{where}: json/txt not UTF-8 JSON/text")
-                continue
-            tags = meta.get(cfg.tag_field) if isinstance(meta, dict) else None
-            if isinstance(tags, str):
-                tags = [t.strip() for t in tags.split(",") if t.strip()]
-            if tags is None:
-                if not caption:
-                    w.skip("missing_tags", f"{where}: no '{cfg.tag_field}' in json and no caption")
+    with DatasetWriter(out, "img2dataset/LAION-style shards", None, sharding, overwrite) as w:
+        read_skips: Counter = Counter()
+        for url in inputs:
+            for _, raw in raw_samples(str(url), read_skips):
+                where = f"{url}:{raw['__key__']}"
+                image = next((raw[e] for e in IMAGE_EXTS if e in raw), None)
+                if image is None:
+                    w.skip("missing_image", f"{where}: no image (failed download?)")
                     continue
-                tags = caption_tags(caption, cfg, stop)
-            w.add(make_key(raw["__key__"]), image, tags, None, caption or None, where=where)
-    for reason, n in read_skips.items():
-        w.skipped[reason] += n
-        w.examples.setdefault(reason, "reading the input tars (see log)")
-    w.close()
+                try:
+                    meta = json.loads(raw["json"].decode("utf-8")) if "json" in raw else {}
+                    caption = raw["txt"].decode("utf-8") if "txt" in raw else meta.get("caption")
+                except (UnicodeDecodeError, ValueError):
+                    w.skip("bad_metadata", f"{where}: json/txt not UTF-8 JSON/text")
+                    continue
+                tags = meta.get(cfg.tag_field) if isinstance(meta, dict) else None
+                if isinstance(tags, str):
+                    tags = [t.strip() for t in tags.split(",") if t.strip()]
+                if tags is None:
+                    if not caption:
+                        w.skip("missing_tags", f"{where}: no '{cfg.tag_field}' in json and no caption")
+                        continue
+                    tags = caption_tags(caption, cfg, stop)
+                w.add(make_key(raw["__key__"]), image, tags, None, caption or None, where=where)
+        for reason, n in read_skips.items():
+            w.skipped[reason] += n
+            w.examples.setdefault(reason, "reading the input tars (see log)")
     return w

@@ -51,20 +51,19 @@ def convert_original(root: str, out: str, sharding: ShardingConfig | None = None
     ids = sorted(int(m.group(1)) for m in map(_IM.match, (p.name for p in img_dir.iterdir())) if m)
     if not ids:
         raise FileNotFoundError(f"{img_dir}: no im{{n}}.jpg images")
-    w = DatasetWriter(out, f"MIRFLICKR-25K original layout ({tags_dir})", concepts, sharding, overwrite)
-    for n in ids:
-        tag_file = tag_dir / f"tags{n}.txt"
-        if not tag_file.is_file():
-            w.skip("missing_tags", f"{tag_file}: missing")
-            continue
-        try:
-            tags = tag_file.read_bytes().decode("utf-8").splitlines()
-        except UnicodeDecodeError:
-            w.skip("non_utf8_tags", f"{tag_file}: not UTF-8")
-            continue
-        img = img_dir / f"im{n}.jpg"
-        w.add(f"mirflickr/im{n}", img.read_bytes(), tags, labels_of.get(n, []), where=str(img))
-    w.close()
+    with DatasetWriter(out, f"MIRFLICKR-25K original layout ({tags_dir})", concepts, sharding, overwrite) as w:
+        for n in ids:
+            tag_file = tag_dir / f"tags{n}.txt"
+            if not tag_file.is_file():
+                w.skip("missing_tags", f"{tag_file}: missing")
+                continue
+            try:
+                tags = tag_file.read_bytes().decode("utf-8").splitlines()
+            except UnicodeDecodeError:
+                w.skip("non_utf8_tags", f"{tag_file}: not UTF-8")
+                continue
+            img = img_dir / f"im{n}.jpg"
+            w.add(f"mirflickr/im{n}", img.read_bytes(), tags, labels_of.get(n, []), where=str(img))
     return w
 
 
@@ -86,17 +85,16 @@ def convert_matrix(npz: str, out: str, sharding: ShardingConfig | None = None, i
                          f"image_id {image_ids.shape}, concepts {len(concepts)}")
     img_root = Path(images) if images is not None else path.parent
     tag_names = [f"tag_{j:04d}" for j in range(tags.shape[1])]
-    w = DatasetWriter(out, f"MIRFLICKR-25K matrix form ({path.name}; tag names tag_0000..tag_{tags.shape[1] - 1:04d})",
-                      concepts, sharding, overwrite)
-    for row in range(len(tags)):
-        n = int(image_ids[row])
-        img = img_root / files[row] if files is not None else img_root / f"im{n}.jpg"
-        try:
-            data = img.read_bytes()
-        except OSError:
-            w.skip("missing_image_file", f"{path} row {row}: {img} not readable")
-            continue
-        w.add(f"mirflickr/im{n}", data, [tag_names[j] for j in np.flatnonzero(tags[row])],
-              [concepts[j] for j in np.flatnonzero(labels[row])], where=str(img))
-    w.close()
+    with DatasetWriter(out, f"MIRFLICKR-25K matrix form ({path.name}; tag names tag_0000..tag_{tags.shape[1] - 1:04d})",
+                      concepts, sharding, overwrite) as w:
+        for row in range(len(tags)):
+            n = int(image_ids[row])
+            img = img_root / files[row] if files is not None else img_root / f"im{n}.jpg"
+            try:
+                data = img.read_bytes()
+            except OSError:
+                w.skip("missing_image_file", f"{path} row {row}: {img} not readable")
+                continue
+            w.add(f"mirflickr/im{n}", data, [tag_names[j] for j in np.flatnonzero(tags[row])],
+                  [concepts[j] for j in np.flatnonzero(labels[row])], where=str(img))
     return w
