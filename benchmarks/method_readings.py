@@ -8,6 +8,7 @@ three seeds, and reports AQD mAP (whole database, same-class relevance) and the 
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -36,8 +37,7 @@ def run(cfg: MethodConfig, seed: int, epochs: int, optim: OptimConfig, labels_as
         y, V = torch.nn.functional.one_hot(data.labels, 10), label_embeddings(10, cfg.embed_dim, seed)
     else:
         y, V = data.tags, data.V
-    torch.manual_seed(seed)
-    m = build_method(cfg, EncoderConfig(kind="mlp", in_features=32, hidden=64), V)
+    m = build_method(dataclasses.replace(cfg, seed=seed), EncoderConfig(kind="mlp", in_features=32, hidden=64), V)
     hist = fit_local(m, batches_of(data.x[tr], y[tr], 100, seed), epochs, optim)
     q, codes = m.embed(data.x[qu]), m.encode(data.x[tr])
     maps = [aqd_map(q, m.quantizer.decode(codes[:, :l]), data.labels[qu], data.labels[tr])
@@ -50,13 +50,18 @@ def report(title: str, variants: dict[str, MethodConfig], epochs: int, optim: Op
     print(f"\n## {title} ({epochs} epochs, seeds {SEEDS})")
     print("| variant | AQD mAP using the first 1..M codebooks/levels (mean ± sd over seeds) | final L_emb | final L_q |")
     print("|---|---|---|---|")
+    full_code = {}
     for name, cfg in variants.items():
         runs = [run(cfg, s, epochs, optim, labels_as_targets) for s in SEEDS]
+        full_code[name] = [r["maps"][-1] for r in runs]
         levels = len(runs[0]["maps"])
         maps = " / ".join(f"{statistics.mean(r['maps'][l] for r in runs):.3f}±"
                           f"{statistics.stdev(r['maps'][l] for r in runs):.3f}" for l in range(levels))
         print(f"| {name} | {maps} | {statistics.mean(r['emb'] for r in runs):.4f} | "
               f"{statistics.mean(r['q'] for r in runs):.4f} |")
+    (a, ma), (b, mb) = full_code.items()
+    print(f"paired full-code mAP difference ({a}) - ({b}) per seed: "
+          + ", ".join(f"{x - y:+.3f}" for x, y in zip(ma, mb)))
 
 
 def main() -> None:

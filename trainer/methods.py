@@ -53,7 +53,7 @@ class MethodConfig:
     nu: float = 0.1
     softmax_gamma: float = 1.0  # soft-assignment temperature (code: 1; paper: "large")
     end_to_end: bool = False  # paper claim: L_Q also trains the network; False = code parity (C only)
-    feature_epochs: int = 32  # epochs before L_Q switches on
+    feature_epochs: int = 32  # epochs before L_Q switches on (DPQ: 32 of 64; lower it for short runs)
     cls_weight: float = 0.1  # DPQ's λ on the classification loss
     multi_label: bool = True  # DPQ: sigmoid BCE (True) or softmax CE (single-label)
     seed: int = 0
@@ -142,9 +142,11 @@ class Method:
         self.margin_mask = cfg.margin_mask if cfg.margin_mask != "auto" else (
             "all" if cfg.name == "dpq" else "pos_neg")
         self.margins = adaptive_margins(self.V, cfg.margin_gamma)
-        torch.manual_seed(cfg.seed)
-        encoder = build_encoder(encoder_cfg, cfg.embed_dim)
-        pq = ProgressiveQuantizer(cfg.embed_dim, cfg.M, cfg.K, cfg.softmax_gamma, seed=cfg.seed) if self.progressive else None
+        with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG
+            torch.manual_seed(cfg.seed)
+            encoder = build_encoder(encoder_cfg, cfg.embed_dim)
+        pq = ProgressiveQuantizer(cfg.embed_dim, cfg.M, cfg.K, cfg.softmax_gamma, seed=cfg.seed
+                                  ) if self.progressive else None
         self.net: nn.Module = MethodNet(encoder, pq, cfg.end_to_end)
         self.quantizer = pq if self.progressive else AdditiveQuantizer(
             cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge)
@@ -335,4 +337,6 @@ def build_method(cfg: MethodConfig, encoder_cfg: EncoderConfig, V) -> Method:
         encoder_cfg = dataclasses.replace(encoder_cfg, num_classes=V.shape[0])
     if not 1 <= cfg.K <= 256:
         raise ValueError(f"method.K={cfg.K}: codes are uint8, K must be in [1, 256]")
+    if cfg.code_update_every < 1:
+        raise ValueError(f"method.code_update_every={cfg.code_update_every}: must be >= 1 (epochs)")
     return Method(cfg, encoder_cfg, V)
