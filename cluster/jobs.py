@@ -52,9 +52,10 @@ def submit(address: str, entrypoint: list[str], working_dir: str | Path = ".",
         submission_id=submission_id, **kwargs)
 
 
-def follow(address: str, job_id: str, write: Callable[[str], object] = sys.stdout.write) -> str:
-    """Stream the job's logs to ``write`` until it ends; returns its final status name."""
+def follow(address: str, job_id: str, write: Callable[[str], object] | None = None) -> str:
+    """Stream the job's logs to ``write`` (stdout) until it ends; returns its final status name."""
     c = client(address)
+    write = write or sys.stdout.write
 
     async def tail() -> None:
         async for chunk in c.tail_job_logs(job_id):

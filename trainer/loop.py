@@ -45,6 +45,7 @@ class WorkerRun:
     engine: Any               # the DeepSpeed engine, or None
     supervision: Any          # turns a batch's raw tags (or labels) into (B, T) targets
     tag_semantics_hash: str
+    local_checkpoint: Path | None = None  # local mode: Ray keeps pointing at our directory
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -332,8 +333,14 @@ def save_and_report(run: WorkerRun, state: TrainState, record: dict[str, Any]) -
     scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
     ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(directory))
                      if directory else None)
-    if directory is not None and run.cfg.scaling.num_workers > 0:
+    if directory is None:
+        return
+    if run.cfg.scaling.num_workers > 0:
         shutil.rmtree(directory, ignore_errors=True)  # uploaded synchronously by report
+    else:  # local mode persists nothing: the result refers to the latest directory, drop the older
+        if run.local_checkpoint is not None:
+            shutil.rmtree(run.local_checkpoint, ignore_errors=True)
+        run.local_checkpoint = directory
 
 
 def write_final(run: WorkerRun, state: TrainState) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import jobs
+from cluster import jobs, local
 from cluster.local import LocalHead
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,24 +16,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_job_submitted_with_working_dir_runs_on_a_token_auth_head_and_its_logs_are_followed(tmp_path):
+def test_job_submitted_with_working_dir_runs_on_a_token_auth_head_and_its_logs_are_followed(capsys):
     # A tiny job that imports this project from the shipped working_dir and prints a computed value.
     with LocalHead(num_cpus=2) as head:
         # Token auth is on: the job API refuses a client that does not present the token.
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{head.address}/api/jobs/", timeout=10)
         assert refused.value.code in (401, 403)
-        job_id = jobs.submit(
-            head.address,
-            [sys.executable, "-c",
-             "import os, trainer.distributed as d; print('world', d.world_size(), 'ds', os.environ['DS_ACCELERATOR'], "
-             "'sum', sum(range(10)))"],
-            working_dir=REPO, env_vars={"DS_ACCELERATOR": "cpu"})
-        chunks: list[str] = []
-        final = jobs.follow(head.address, job_id, write=chunks.append)
-        text = "".join(chunks)
-        assert final == "SUCCEEDED", text
-        assert "world 1 ds cpu sum 45" in text
+        code = ("import os, trainer.distributed as d; "
+                "print('world', d.world_size(), 'ds', os.environ['DS_ACCELERATOR'], 'sum', sum(range(10)))")
+        rc = local.main(["submit", "--address", head.address, "--working-dir", str(REPO),
+                         "--env", "DS_ACCELERATOR=cpu", "--follow", "--", sys.executable, "-c", code])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        job_id = out.split("submitted ", 1)[1].split()[0]
+        assert "world 1 ds cpu sum 45" in out
+        assert f"job {job_id}: SUCCEEDED" in out
+        assert jobs.status(head.address, job_id) == "SUCCEEDED"
         # The runtime_env kept data, venv and run outputs out of the shipped package.
         info = jobs.client(head.address).get_job_info(job_id)
         assert ".venv" in info.runtime_env["excludes"] and "runs" in info.runtime_env["excludes"]
