@@ -78,3 +78,23 @@ def test_artifact_round_trips_through_s3(corpus, s3_bucket):
     sem.save(url)
     back = TagSemantics.load(url)
     assert back.hash == sem.hash and back.names == sem.names
+
+
+def test_a_corpus_where_no_tag_survives_is_one_clear_error():
+    from trainer.tags import NoTagsError
+
+    with pytest.raises(NoTagsError, match=r"none on >= vocab.min_count=2 images"):
+        build_semantics([[], ["once"], ["2007"]])
+
+
+def test_cli_names_the_vector_file_and_line_of_a_wrong_dimension(tmp_path, capsys):
+    from trainer.tags.__main__ import main
+
+    npz = tmp_path / "m.npz"
+    np.savez(npz, tags=np.array([[1, 1], [1, 0], [0, 1]], dtype=np.uint8))
+    vec = tmp_path / "v.txt"
+    vec.write_text("tag_0000 1 0\ntag_0001 0 1 0\n")
+    rc = main(["build-matrix", "--npz", str(npz), "--out", str(tmp_path / "o"), "vocab.min_count=1",
+               f"vectors.source=file:{vec}"])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == f"error: {vec}:2: expected a word and 2 values, found 3 values"

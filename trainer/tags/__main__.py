@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from trainer.config import ConfigError, load
+from trainer.config import load
 
 EXIT_USER_ERROR = 2
 
@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("artifact")
     args = p.parse_args(argv)
 
-    from trainer.tags import (ArtifactError, TagConfig, TagSemantics, VectorCoverageError,
-                              VectorFileError, build_from_matrix, build_from_shards)
+    from trainer.tags import TagConfig, TagSemantics, build_from_matrix, build_from_shards
 
     try:
         if args.cmd == "show":
@@ -50,10 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sem = _build_matrix(args, cfg, build_from_matrix)
         sem.save(args.out)
-    except (ConfigError, ArtifactError, VectorFileError, VectorCoverageError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except ValueError as e:  # ManifestError and npz problems are ValueErrors naming the file
+    except (ValueError, OSError) as e:
+        # ConfigError, ArtifactError, NoTagsError, VectorFileError, VectorCoverageError, ManifestError
+        # and storage errors are ValueError/OSError subclasses whose message names the culprit
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     print(json.dumps({"out": args.out, "hash": sem.hash, **sem.stats["sizes"]}))

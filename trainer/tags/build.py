@@ -27,6 +27,10 @@ from trainer.tags.vectors import VectorConfig, embed_vocabulary
 log = logging.getLogger(__name__)
 
 
+class NoTagsError(ValueError):
+    """No tag survives the pipeline, so there is nothing to train against; names the step and key."""
+
+
 @dataclass
 class VocabConfig:
     min_count: int = 2            # images a tag must appear on (this project's choice)
@@ -150,8 +154,14 @@ def _merge_cooc(parts: Iterable[CooccurrencePartial], V: int, sample_max: int) -
 def semantics_from_counts(counts: TagCounts, cfg: TagConfig) -> TagSemantics:
     """Vectors, OOV policy, graph enhancement and DBSCAN merge over counted statistics."""
     stats = dict(counts.stats)
+    if not counts.vocab:
+        raise NoTagsError(f"no tag reaches the vocabulary: {stats['raw_tags']} distinct tags in "
+                          f"{stats['images']} images, none on >= vocab.min_count={cfg.vocab.min_count} images")
     embedded = embed_vocabulary(counts.vocab, counts.cooc, cfg.vectors)
     kept = np.flatnonzero(embedded.kept)
+    if len(kept) == 0:
+        raise NoTagsError(f"none of the {len(counts.vocab)} vocabulary tags has an embedding "
+                          f"(vectors.source={cfg.vectors.source!r}, vectors.oov={cfg.vectors.oov!r})")
     origin = Counter(embedded.origin)
     stats["vectors"] = {"source": embedded.source, "note": embedded.note, "dim": int(embedded.vectors.shape[1]),
                         "origin": dict(sorted(origin.items()))}
