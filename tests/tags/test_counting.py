@@ -58,3 +58,19 @@ def test_cooccurrence_chunking_is_exact_across_chunk_boundaries(monkeypatch):
     small = count_tag_lists(tags, NormalizeConfig(), 1, None).cooc.toarray()
     assert np.array_equal(full, small)
     assert full.tolist() == [[15, 10, 10], [10, 15, 5], [10, 5, 10]]
+
+
+def test_label_sample_is_the_same_bottom_k_whatever_the_split():
+    from trainer.tags.counting import CooccurrencePartial
+    import scipy.sparse as sp
+
+    rng = random.Random(1)
+    samples = [Sample(f"k{i}", [f"w{rng.randint(0, 5)}"], [f"l{i % 3}"]) for i in range(200)]
+    vocab = [f"w{i}" for i in range(6)]
+    norm = NormalizeConfig()
+    whole = count_cooccurrence(samples, norm, vocab, sample_max=10)
+    merged = CooccurrencePartial(sp.csr_matrix((6, 6), dtype=np.int64))
+    for part in iter_chunks(samples[::-1], 4):
+        merged = merged.merged(count_cooccurrence(part, norm, vocab, sample_max=10), 10)
+    assert len(whole.label_sample) == 10
+    assert merged.label_sample == whole.label_sample

@@ -86,3 +86,12 @@ def test_cli_reports_a_config_mistake_without_a_traceback(tmp_path, capsys):
     rc = main(["build", "--shards", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.s3
+def test_shards_on_s3_give_the_same_artifact_as_local_shards(tmp_path, s3_bucket):
+    tags, labels = _random_corpus(n=90, seed=3)
+    local = write_shard_set(str(tmp_path / "set"), tags, labels, per_shard=40)
+    remote = write_shard_set(f"s3://{s3_bucket}/train", tags, labels, per_shard=40)
+    assert remote[0].startswith(f"s3://{s3_bucket}/train/")
+    assert build_from_shards(remote, _cfg(0)).hash == build_from_shards(local, _cfg(0)).hash
