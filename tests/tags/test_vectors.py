@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from trainer.tags.vectors import (VectorConfig, VectorCoverageError, VectorFileError,
+from trainer.tags.vectors import (VectorConfig, VectorSourceError, VectorFileError,
                                   cooccurrence_embeddings, embed_vocabulary, glove_package_installed,
                                   read_vector_file)
 
@@ -63,7 +63,7 @@ def test_wrong_dimension_line_is_one_error_naming_file_and_line(tmp_path):
 def test_vector_file_covering_no_tag_is_a_clear_error_naming_the_file(tmp_path):
     path = _glove(tmp_path / "g.txt", WORDS)
     cooc = sp.csr_matrix(np.array([[2, 1], [1, 2]]))
-    with pytest.raises(VectorCoverageError, match=r"file:.*g\.txt.* covers none of the 2 vocabulary tags"):
+    with pytest.raises(VectorSourceError, match=r"file:.*g\.txt.* covers none of the 2 vocabulary tags"):
         embed_vocabulary(["tag_0000", "tag_0001"], cooc, VectorConfig(source=f"file:{path}"))
 
 
@@ -123,10 +123,10 @@ def test_sentence_source_without_the_package_is_a_clear_error():
 
     if importlib.util.find_spec("sentence_transformers") is not None:
         pytest.skip("sentence-transformers is installed here")
-    with pytest.raises(VectorCoverageError, match=r"needs sentence-transformers: pip install 'wsdhq\[sentence\]'"):
+    with pytest.raises(VectorSourceError, match=r"needs sentence-transformers: pip install 'wsdhq\[sentence\]'"):
         embed_vocabulary(["sky"], sp.csr_matrix(np.array([[1]])), VectorConfig(source="sentence:all-MiniLM-L6-v2"))
 
 
 def test_unknown_source_names_the_choices():
-    with pytest.raises(VectorCoverageError, match="not one of auto, glove-package"):
+    with pytest.raises(VectorSourceError, match="not one of auto, glove-package"):
         embed_vocabulary(["sky"], sp.csr_matrix(np.array([[1]])), VectorConfig(source="word2vec"))

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             sem = _build_matrix(args, cfg, build_from_matrix)
         sem.save(args.out)
     except (ValueError, OSError) as e:
-        # ConfigError, ArtifactError, NoTagsError, VectorFileError, VectorCoverageError, ManifestError
+        # ConfigError, ArtifactError, NoTagsError, VectorFileError, VectorSourceError, ManifestError
         # and storage errors are ValueError/OSError subclasses whose message names the culprit
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -99,11 +99,11 @@ def render_report(sem: "TagSemantics") -> tuple[str, bytes]:
     if vec.get("note"):
         lines.append(f"- note: {vec['note']}")
     lines.append(f"- DBSCAN eps used: {st.get('eps_used')}; config: `{sem.config.get('graph')}`")
-    groups = sorted(((m, sum(sem.counts[sem.vocab.index(t)] for t in m)) for m in sem.groups() if len(m) > 1),
+    count_of = dict(zip(sem.vocab, sem.counts))
+    groups = sorted(((m, sum(count_of[t] for t in m)) for m in sem.groups() if len(m) > 1),
                     key=lambda g: (-len(g[0]), -g[1]))[:15]
     lines += ["", "## Largest merged groups", "", "| unit | members | images (sum) | member tags (count) |",
               "|---|---|---|---|"]
-    count_of = dict(zip(sem.vocab, sem.counts))
     for members, total in groups:
         shown = ", ".join(f"{t} ({count_of[t]})" for t in members[:12]) + (" ..." if len(members) > 12 else "")
         lines.append(f"| {members[0]} | {len(members)} | {total} | {shown} |")

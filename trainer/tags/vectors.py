@@ -34,8 +34,8 @@ class VectorFileError(ValueError):
     """A word-vector file is malformed; the message names the file and the line."""
 
 
-class VectorCoverageError(ValueError):
-    """A vector source the user asked for covers none of the vocabulary."""
+class VectorSourceError(ValueError):
+    """A vector source cannot serve the vocabulary: unknown, not installed, or covering no tag."""
 
 
 @dataclass
@@ -184,7 +184,7 @@ def glove_package_installed() -> bool:
 
 def sentence_table(model: str, tags: list[str]) -> tuple[dict[str, np.ndarray], int]:
     if importlib.util.find_spec("sentence_transformers") is None:
-        raise VectorCoverageError(
+        raise VectorSourceError(
             f"vectors source 'sentence:{model}' needs sentence-transformers: pip install 'wsdhq[sentence]'")
     from sentence_transformers import SentenceTransformer
 
@@ -252,7 +252,7 @@ def embed_vocabulary(vocab: list[str], cooc: sp.spmatrix, cfg: VectorConfig) -> 
     elif source.startswith("sentence:"):
         table, _ = sentence_table(source[len("sentence:"):], vocab)
     else:
-        raise VectorCoverageError(
+        raise VectorSourceError(
             f"vectors.source {source!r} is not one of auto, glove-package, file:<path>, "
             "sentence:<model>, cooccurrence")
     return _complete(vocab, cooc, table, cfg, source, note)
@@ -262,7 +262,7 @@ def _complete(vocab, cooc, table, cfg: VectorConfig, source: str, note: str) -> 
     found = [lookup(t, table) for t in vocab]
     covered = np.array([v is not None for v in found])
     if not covered.any():
-        raise VectorCoverageError(
+        raise VectorSourceError(
             f"vectors.source {source!r} covers none of the {len(vocab)} vocabulary tags "
             f"(first tags: {', '.join(vocab[:5])}); use vectors.source=cooccurrence or auto")
     dim = next(v for v in found if v is not None).shape[0]
