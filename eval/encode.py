@@ -24,7 +24,9 @@ import io
 import json
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -73,6 +75,31 @@ def checkpoint_identity(checkpoint: str) -> dict:
         except FileNotFoundError:
             raise EncodeError(f"checkpoint {checkpoint}: missing {name}") from None
     return {"meta": meta, "sha256": hashes}
+
+
+def prefetch(it, depth: int = 2):
+    """Iterate ``it`` in a background thread, ``depth`` items ahead: tar parsing and image decoding
+    (Python, GIL-bound) overlap the model's forward pass (torch releases the GIL). Memory stays
+    bounded by ``depth`` batches. Exceptions from the producer are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+
+    def produce():
+        try:
+            for item in it:
+                q.put(item)
+            q.put(end)
+        except BaseException as exn:  # noqa: BLE001 - handed to the consumer
+            q.put(exn)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def codes_of(model, f: torch.Tensor) -> torch.Tensor:
@@ -129,7 +156,7 @@ class ShardEncoder:
         skips: Counter = Counter()
         keys, index, labels, codes, feats = [], [], [], [], []
         start = time.perf_counter()
-        for k, i, lab, x in self._batches(url, offset, skips):
+        for k, i, lab, x in prefetch(self._batches(url, offset, skips), depth=2):
             f = self.model.embed(x.to(self.device))
             c = codes_of(self.model, f)
             keys += k
@@ -254,10 +281,10 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     log(f"{len(urls)} shards in {source.url}: {len(entries)} already encoded, {len(todo)} to do")
     if cfg.max_shards:
         todo = todo[: cfg.max_shards]
-    progress = Progress(len(todo), cfg.progress_every_s, log)
+    enc = ShardEncoder(checkpoint, cfg) if todo and local else None
+    progress = Progress(len(todo), cfg.progress_every_s, log)  # rates exclude model loading
     if todo:
-        if local:
-            enc = ShardEncoder(checkpoint, cfg)
+        if enc is not None:
             for t in todo:
                 entry = enc.encode_shard(*t)
                 entries[t[0]] = entry

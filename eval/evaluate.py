@@ -247,7 +247,7 @@ def write_outputs(result: dict, grid_ids, query: CodeSet, db: CodeSet, out: str,
                 [qimg[str(query.keys[i])] for i in labelled],
                 [[dimg[str(db.keys[j])] for j in grid_ids[i]] for i in labelled],
                 [[bool(qset[n] & set(db.labels[j])) for j in grid_ids[i]] for n, i in enumerate(labelled)],
-                [f"{query.keys[i]}: {','.join(query.labels[i])[:30]}" for i in labelled],
+                [f"{query.keys[i]}: {', '.join(query.labels[i])}" for i in labelled],
                 os.path.join(local, "top10_grid.png"))
             files.append("top10_grid.png")
     report.write(result, out)

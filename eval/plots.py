@@ -9,7 +9,8 @@ import numpy as np  # noqa: E402
 
 
 def _label(row: dict) -> str:
-    return f"{row['method']} {row['scoring']} {row['bits']}b"
+    bits = "float" if row["bits"] is None else f"{row['bits']}b"
+    return f"{row['method']} {row['scoring']} {bits}"
 
 
 def pr_curves(rows: list[dict], path: str, title: str) -> None:
@@ -64,7 +65,9 @@ def retrieval_grid(query_images: list[np.ndarray], results: list[list[np.ndarray
             ax.set_yticks([])
             if c == 0:
                 ax.imshow(query_images[r])
-                ax.set_title(titles[r], fontsize=6)
+                key, _, labels = titles[r].partition(": ")
+                ax.set_title(key.rsplit("/", 1)[-1], fontsize=6)
+                ax.set_xlabel("\n".join(labels[i:i + 18] for i in range(0, min(len(labels), 54), 18)), fontsize=5)
                 for s in ax.spines.values():
                     s.set_edgecolor("blue")
                     s.set_linewidth(2)

@@ -10,7 +10,7 @@ from shards import storage
 def markdown(report: dict) -> str:
     cfg = report["config"]
     k = cfg["top_k"]
-    pks = [str(p) for p in cfg["precision_at"]]
+    pks = [p for p in map(str, cfg["precision_at"]) if all(p in r["metrics"]["precision_at"] for r in report["rows"])]
     lines = [
         f"# Retrieval report", "",
         f"- query codes: `{report['query']['url']}` ({report['query']['items']} items)",
