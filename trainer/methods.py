@@ -169,8 +169,10 @@ class Method:
         x, y = batch["x"], batch["y"]
         out = self.net(x)
         f = out["f"]
-        V, margins = self.V.to(f.device), self.margins.to(f.device)
-        l_emb = adaptive_margin_loss(f, y.to(f.device), V, self.cfg.margin_gamma, self.margin_mask, margins)
+        if self.V.device != f.device:  # move once, not per batch (margins are T x T)
+            self.V, self.margins = self.V.to(f.device), self.margins.to(f.device)
+        l_emb = adaptive_margin_loss(f, y.to(f.device), self.V, self.cfg.margin_gamma, self.margin_mask,
+                                     self.margins)
         terms = {"emb": l_emb.item()}
         total = l_emb
         if self.cfg.name == "dpq":
@@ -186,7 +188,7 @@ class Method:
             terms.update(d_soft=d_soft.item(), d_hard=d_hard.item(), jcl=jcl.item(), q=on * l_q.item())
         elif self.quantizer.is_trained and self.cfg.lambda_q > 0:
             t = reading_target(f, self.cfg.quant_reading)
-            W = self.icm_weights.to(f.device)
+            W = self.icm_weights
             q = self.quantizer
             if q.codebooks.device != f.device:
                 q.codebooks = q.codebooks.to(f.device)
