@@ -14,16 +14,17 @@ How it is computed. With A = VᵀV (A = I unweighted) the distortion expands to
     ‖V(x − Σ_m c_m)‖² = xᵀAx − 2 Σ_m xᵀA c_m + Σ_m c_mᵀA c_m + 2 Σ_{m<m'} c_mᵀA c_m',
 
 so the per-block cost of codeword k is  c_mkᵀAc_mk − 2 xᵀAc_mk + 2 Σ_{m'≠m} c_{m',b_m'}ᵀ A c_mk.
-The unary part is one (N, D)×(D, MK) matmul per batch; the pairwise part reads rows of the
-precomputed tables P[m', m] = C_m' A C_mᵀ (K×K). A sweep then costs N·M·(M−1)·K additions instead of
-N·M·K·D multiply-adds for recomputing residual distances (faiss's LSQ uses the same unary/binary
-decomposition). The V weighting costs nothing per sweep: A is folded into the tables once.
+The unary part is one (N, D)×(D, MK) matmul per batch; the pairwise part sums rows of the
+precomputed tables P[m', m] = 2 C_m' A C_mᵀ (K×K), one ``embedding_bag`` per block. A sweep then
+costs N·M·(M−1)·K additions instead of N·M·K·D multiply-adds for recomputing residual distances
+(faiss's LSQ uses the same unary/binary decomposition). The V weighting costs nothing per sweep: A is folded into the tables once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ICMTables:
 
     AC: torch.Tensor     # (M, K, D)  A c_mk
     norms: torch.Tensor  # (M, K)     c_mkᵀ A c_mk
-    pairs: torch.Tensor  # (M, M, K, K)  pairs[a, b] = C_a A C_bᵀ
+    pairs: torch.Tensor  # (M, M·K, K)  pairs[m, o·K + j, k] = 2 c_ojᵀ A c_mk (target block m first)
 
     @classmethod
     def build(cls, codebooks: torch.Tensor, weights: torch.Tensor | None = None) -> "ICMTables":
@@ -50,8 +51,8 @@ class ICMTables:
             V = weights.detach().to(device=C.device, dtype=torch.float64)
             AC = (C.to(torch.float64) @ (V.T @ V)).to(C.dtype)
         norms = (C * AC).sum(-1)
-        pairs = (C.reshape(M * K, D) @ AC.reshape(M * K, D).T).reshape(M, K, M, K)
-        return cls(AC, norms, pairs.permute(0, 2, 1, 3).contiguous())
+        pairs = 2 * (C.reshape(M * K, D) @ AC.reshape(M * K, D).T)  # [o·K + j, m·K + k]
+        return cls(AC, norms, pairs.reshape(M * K, M, K).permute(1, 0, 2).contiguous())
 
 
 def icm_encode(x: torch.Tensor, codebooks: torch.Tensor, weights: torch.Tensor | None = None,
@@ -73,18 +74,23 @@ def icm_encode(x: torch.Tensor, codebooks: torch.Tensor, weights: torch.Tensor |
     AC, norms, pairs = tables.AC, tables.norms, tables.pairs
     x = x.detach().to(AC.dtype)
     orders = [torch.randperm(M, generator=generator).tolist() for _ in range(sweeps)]
+    offsets = torch.arange(M, device=x.device) * K
     out = torch.empty(x.shape[0], M, dtype=torch.long, device=x.device)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size]
-        unary = norms - 2 * (xb @ AC.reshape(M * K, D).T).reshape(-1, M, K)
+        # (M, n, K) so each block's unary costs are one contiguous slab.
+        unary = (xb @ AC.reshape(M * K, D).T).reshape(-1, M, K).permute(1, 0, 2).mul(-2).add_(norms[:, None])
         codes = torch.zeros(xb.shape[0], M, dtype=torch.long, device=x.device)
         assigned: list[int] = []
         for order in orders:
             for m in order:
-                cost = unary[:, m].clone()
-                for o in assigned:
-                    if o != m:
-                        cost += 2 * pairs[o, m][codes[:, o]]
+                others = [o for o in assigned if o != m]
+                if others:
+                    # One embedding_bag sums the M-1 pair-table rows without materialising them.
+                    cost = F.embedding_bag(codes[:, others] + offsets[others], pairs[m], mode="sum")
+                    cost += unary[m]
+                else:
+                    cost = unary[m]
                 codes[:, m] = cost.argmin(1)
                 if m not in assigned:
                     assigned.append(m)
