@@ -45,6 +45,8 @@ def image_features(files: list[str]) -> np.ndarray:
 
 def main() -> None:
     torch.set_num_threads(1)
+    if not (DATA / "subset1000_with_images.npz").is_file():
+        raise SystemExit(f"real MIRFLICKR data not found at {DATA} (see ../shared/data)")
     sub = np.load(DATA / "subset1000_with_images.npz", allow_pickle=False)
     cleared = np.load(DATA / "cleared20015_tags1386_labels24.npz", allow_pickle=False)
     t_all = sp.csr_matrix(cleared["tags"].astype(np.float64))
