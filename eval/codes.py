@@ -52,9 +52,10 @@ def pack_code_file(keys: list[str], index: np.ndarray, codes: np.ndarray, labels
     return buf.getvalue()
 
 
-def read_code_file(url: str) -> dict[str, np.ndarray]:
+def read_code_file(url: str, data: bytes | None = None) -> dict[str, np.ndarray]:
+    """The arrays of one code file (``data``: its bytes when the caller already has them)."""
     try:
-        with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as z:
+        with np.load(io.BytesIO(storage.read_bytes(url) if data is None else data), allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError) as exn:
         raise CodeSetError(f"{url}: not a readable code file ({exn})") from None

@@ -180,13 +180,13 @@ def existing_entry(out_url: str, shard: str, m: int, with_features: bool) -> dic
     """The manifest entry of an already written, valid code file; None when it must be (re)done."""
     if not storage.exists(out_url):
         return None
+    data = storage.read_bytes(out_url)
     try:
-        d = read_code_file(out_url)
+        d = read_code_file(out_url, data)
     except CodeSetError:
         return None
     if d["codes"].ndim != 2 or d["codes"].shape[1] != m or (with_features and "feat" not in d):
         return None
-    data = storage.read_bytes(out_url)
     return {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": shard, "rows": int(len(d["key"])),
             "sha256": hashlib.sha256(data).hexdigest(), "skipped": None}
 

@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -153,3 +152,15 @@ def test_encode_with_a_ray_actor_pool_equals_the_local_encode(tmp_path, ray_loca
     run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "local", EncodeConfig(), local=True, **QUIET)
     a, b = load_code_set(tmp_path / "ray"), load_code_set(tmp_path / "local")
     assert a.keys.tolist() == b.keys.tolist() and np.array_equal(a.codes, b.codes)
+
+
+def test_an_unreadable_code_file_is_encoded_again_on_rerun(tmp_path):
+    write_corpus(tmp_path / "corpus", 30, 10)
+    make_checkpoint(tmp_path / "ckpt")
+    run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True, **QUIET)
+    good = load_code_set(tmp_path / "codes").codes
+    (tmp_path / "codes/codes-shard-000001.npz").write_bytes(b"not an npz")
+    lines = []
+    run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True, log=lines.append)
+    assert "2 already encoded, 1 to do" in lines[0]
+    assert np.array_equal(load_code_set(tmp_path / "codes").codes, good)
