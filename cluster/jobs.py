@@ -21,6 +21,7 @@ EXCLUDES = [".venv", "venv", ".git", "data", "runs", "checkpoints", "*.egg-info"
 FORWARDED_ENV = ["DS_ACCELERATOR", "RAY_TRAIN_COLLECTIVE_TIMEOUT_S", "AWS_ENDPOINT_URL",
                  "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 120  # how long submit waits for a fresh head's job agent
 
 
 def client(address: str):
@@ -40,16 +41,26 @@ def runtime_env(working_dir: str | Path, env_vars: dict[str, str] | None = None,
 
 def submit(address: str, entrypoint: list[str], working_dir: str | Path = ".",
            env_vars: dict[str, str] | None = None, submission_id: str | None = None,
-           entrypoint_num_gpus: float | None = None) -> str:
+           entrypoint_num_gpus: float | None = None, agent_wait_s: float = 120.0) -> str:
     """Submit ``entrypoint`` (argv list, not a shell string) and return the job's submission id."""
     import shlex
+
+    import time
 
     kwargs = {}
     if entrypoint_num_gpus:
         kwargs["entrypoint_num_gpus"] = entrypoint_num_gpus
-    return client(address).submit_job(
-        entrypoint=shlex.join(entrypoint), runtime_env=runtime_env(working_dir, env_vars),
-        submission_id=submission_id, **kwargs)
+    c = client(address)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return c.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env(working_dir, env_vars),
+                                submission_id=submission_id, **kwargs)
+        except RuntimeError as e:
+            # A head that has just started answers before its job agent is up; only that is retried.
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def follow(address: str, job_id: str, write: Callable[[str], object] | None = None) -> str:

@@ -1,0 +1,283 @@
+"""`wsdhq demo` / `make demo`: the whole pipeline on the built-in demo data, as a cluster user runs it.
+
+Stages, each skipped when its output already exists (``--redo`` names stages to run again):
+  data      demo shards (sklearn digits, simulated weak tags): train / query / database shard sets
+  tags      tag semantics artifact (a Ray job: distributed counting, vectors, DBSCAN merge)
+  train     WSDHQ at 8/16/24/32 bits (one additive model each) and WSDHQ-progressive (one model,
+            every length), each a Ray job running Ray Train with ``--workers`` DDP workers
+  encode    a separate Ray job per model: query, database and train sets -> code sets
+  evaluate  mAP tables against faiss PQ / OPQ / RQ / LSQ and random codes, merged into one table
+
+Ray: a local head this process starts (token auth on, its own temp dir) and stops at the end,
+unless ``--address`` points at a running cluster. Every stage except ``data`` and ``evaluate`` goes
+through the job API, exactly as on a cloud cluster; paths are absolute because a job runs in its
+own unpacked copy of the working directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.config import ConfigError, apply_override, from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("data", "tags", "train", "encode", "evaluate")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"                 # everything the demo writes, under the repo by default
+    config: str = "configs/digits_demo.yaml"      # the training config the train jobs start from
+    workers: int = 2                       # Ray Train workers per training run
+    head_cpus: int = 4                     # logical CPUs of the local head (over-declared on purpose)
+    bits: list[int] = field(default_factory=lambda: [8, 16, 24, 32])
+    progressive: bool = True               # also train WSDHQ-progressive (one model, every length)
+    epochs: int | None = None              # override the config's epochs (tests use a small budget)
+    top_k: str = "all"                     # mAP@K for the demo's ~500-item database
+    baselines: list[str] = field(default_factory=lambda: ["pq", "opq", "residual", "lsq", "random"])
+    seed: int = 0
+    train_overrides: list[str] = field(default_factory=list)
+
+
+def _log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Pipeline:
+    def __init__(self, cfg: DemoConfig, redo: set[str], address: str | None):
+        self.cfg = cfg
+        self.redo = redo
+        self.address = address
+        self.root = (REPO / cfg.out).resolve() if not os.path.isabs(cfg.out) else Path(cfg.out)
+        self.data = self.root / "data"
+        self.tags = self.root / "tags"
+        self.runs = self.root / "runs"
+        self.codes = self.root / "codes"
+        self.reports = self.root / "reports"
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def done(self, stage: str, marker: Path) -> bool:
+        """Whether ``stage`` ("train wsdhq-8" belongs to stage "train") can be skipped."""
+        if stage.split()[0] in self.redo or "all" in self.redo:
+            return False
+        if marker.exists():
+            _log(f"{stage}: already done ({marker.relative_to(self.root)}); --redo {stage} to run it again")
+            return True
+        return False
+
+    def models(self) -> list[tuple[str, list[str]]]:
+        """(run name, train overrides) of every model the demo trains."""
+        out = [(f"wsdhq-{b}", ["method.name=wsdhq", f"method.M={b // 8}"]) for b in self.cfg.bits]
+        if self.cfg.progressive:
+            # DPQ's feature-only stage (32 epochs by default) is cut to half of the demo's budget,
+            # or the quantization loss would never switch on.
+            epochs = self.cfg.epochs or self.config_epochs()
+            out.append(("wsdhq_progressive", ["method.name=wsdhq_progressive",
+                                              f"method.M={max(self.cfg.bits) // 8}",
+                                              f"method.feature_epochs={epochs // 2}"]))
+        return out
+
+    def config_epochs(self) -> int:
+        from trainer.config import load
+        from trainer.run_config import RunConfig
+
+        return load(RunConfig, REPO / self.cfg.config).training.epochs
+
+    def job(self, name: str, argv: list[list[str]]) -> None:
+        """Run one or more commands as ONE Ray job on the head and follow its logs to the end."""
+        from cluster import jobs
+
+        entry = [sys.executable, "-m", "cluster.demo", "--chain", json.dumps(argv)]
+        t = time.perf_counter()
+        job_id = jobs.submit(self.address, entry, working_dir=REPO,
+                             env_vars={"PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"})
+        _log(f"{name}: submitted Ray job {job_id}")
+        state = jobs.follow(self.address, job_id, write=lambda s: sys.stdout.write(_indent(s)))
+        if state != "SUCCEEDED":
+            raise SystemExit(f"demo: Ray job {job_id} ({name}) ended {state}; its logs are above "
+                             f"(`wsdhq ray logs {job_id}` while the head runs)")
+        _log(f"{name}: done in {time.perf_counter() - t:.0f}s")
+
+    # ---- stages -------------------------------------------------------------------------------
+    def stage_data(self) -> None:
+        if self.done("data", self.data / "database" / "manifest.json"):
+            return
+        from shards.__main__ import main as shards_main
+
+        _log("data: building the demo shards (sklearn digits, simulated weak tags)")
+        rc = shards_main(["demo", "--out", str(self.data), "--seed", str(self.cfg.seed), "--overwrite"])
+        if rc:
+            raise SystemExit(f"demo: building the demo shards failed ({rc})")
+
+    def stage_tags(self) -> None:
+        if self.done("tags", self.tags / "semantics.json"):
+            return
+        self.job("tags", [["-m", "trainer.tags", "build", "--shards", str(self.data / "train"),
+                           "--out", str(self.tags)]])
+
+    def stage_train(self) -> None:
+        for name, overrides in self.models():
+            if self.done(f"train {name}", self.runs / name / "final" / "meta.json"):
+                continue
+            argv = ["-m", "trainer.train", "--config", str(REPO / self.cfg.config),
+                    f"data.train={self.data / 'train'}", f"data.tags={self.tags}",
+                    f"storage.path={self.runs}", f"storage.name={name}",
+                    f"scaling.num_workers={self.cfg.workers}", f"training.seed={self.cfg.seed}",
+                    *overrides, *self.cfg.train_overrides]
+            if self.cfg.epochs is not None:
+                argv.append(f"training.epochs={self.cfg.epochs}")
+            self.job(f"train {name}", [argv])
+
+    def stage_encode(self) -> None:
+        for name, _ in self.models():
+            out = self.codes / name
+            if self.done(f"encode {name}", out / "train" / "codes_manifest.json"):
+                continue
+            ckpt = str(self.runs / name / "final")
+            self.job(f"encode {name}", [
+                ["-m", "eval.encode", "--checkpoint", ckpt, "--shards", str(self.data / split),
+                 "--out", str(out / split)] for split in ("query", "database", "train")])
+
+    def stage_evaluate(self) -> dict:
+        from eval.evaluate import main as evaluate_main
+
+        reports = {}
+        for name, _ in self.models():
+            out = self.reports / name
+            if not self.done(f"evaluate {name}", out / "report.json"):
+                _log(f"evaluate {name}")
+                baselines = [] if name == "wsdhq_progressive" else self.cfg.baselines
+                rc = evaluate_main([
+                    "--query", str(self.codes / name / "query"), "--database", str(self.codes / name / "database"),
+                    "--train", str(self.codes / name / "train"), "--out", str(out),
+                    "--query-shards", str(self.data / "query"), "--database-shards", str(self.data / "database"),
+                    f"top_k={self.cfg.top_k}", f"baselines.methods={json.dumps(baselines)}"])
+                if rc:
+                    raise SystemExit(f"demo: evaluation of {name} failed ({rc})")
+            reports[name] = json.loads((out / "report.json").read_text())
+        return reports
+
+    # ---- the run ----------------------------------------------------------------------------------
+    def run(self) -> Path:
+        t0 = time.perf_counter()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.stage_data()
+        head = None
+        needs_ray = any(not self._finished(s) for s in ("tags", "train", "encode"))
+        if needs_ray and self.address is None:
+            from cluster.local import LocalHead
+
+            _log(f"starting a local Ray head ({self.cfg.head_cpus} logical CPUs, token auth on)")
+            head = LocalHead(num_cpus=self.cfg.head_cpus).__enter__()
+            self.address = head.address
+        try:
+            self.stage_tags()
+            self.stage_train()
+            self.stage_encode()
+        finally:
+            if head is not None:
+                _log("stopping the local Ray head")
+                head.__exit__(None, None, None)
+        reports = self.stage_evaluate()
+        table = results_table(reports, self.cfg.bits)
+        (self.root / "results.md").write_text(table + "\n")
+        (self.root / "results.json").write_text(json.dumps(summary(reports), indent=2) + "\n")
+        print("\n" + table + "\n")
+        print(f"reports and plots: {self.reports}/<model>/ (report.md, report.json, *.png)")
+        print(f"results table: {self.root / 'results.md'}   total time {time.perf_counter() - t0:.0f}s")
+        return self.root
+
+    def _finished(self, stage: str) -> bool:
+        if stage in self.redo or "all" in self.redo:
+            return False
+        if stage == "tags":
+            return (self.tags / "semantics.json").exists()
+        if stage == "train":
+            return all((self.runs / n / "final" / "meta.json").exists() for n, _ in self.models())
+        return all((self.codes / n / "train" / "codes_manifest.json").exists() for n, _ in self.models())
+
+
+def _indent(chunk: str) -> str:
+    return "".join(f"    | {line}\n" for line in chunk.splitlines())
+
+
+def _headline(row: dict, convention: str) -> float:
+    return float(row["metrics"]["mAP"][convention])
+
+
+LABELS = {"wsdhq": "WSDHQ", "wsdhq_progressive": "WSDHQ-progressive", "pq": "faiss PQ",
+          "opq": "faiss OPQ", "residual": "faiss RQ", "lsq": "faiss LSQ", "random": "random codes"}
+
+
+def summary(reports: dict) -> dict:
+    """{method label: {bits: mAP}} for the AQD rows of every report (headline convention)."""
+    out: dict[str, dict[int, float]] = {}
+    for rep in reports.values():
+        conv = rep["headline_convention"]
+        for row in rep["rows"]:
+            if row["scoring"] == "aqd" and row["bits"] is not None:
+                label = LABELS.get(row["method"], row["method"])
+                out.setdefault(label, {})[int(row["bits"])] = _headline(row, conv)
+    return out
+
+
+def results_table(reports: dict, bits: list[int]) -> str:
+    any_rep = next(iter(reports.values()))
+    conv, k = any_rep["headline_convention"], any_rep["config"]["top_k"]
+    rows = summary(reports)
+    head = f"| method | " + " | ".join(f"{b} bits" for b in bits) + " |"
+    lines = [f"mAP@{k} (AQD, queries without relevant items: {conv}; ties broken by database index)",
+             "", head, "|---|" + "---|" * len(bits)]
+    for label, by_bits in rows.items():
+        cells = [f"{by_bits[b]:.4f}" if b in by_bits else "-" for b in bits]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _chain(commands: list[list[str]]) -> int:
+    """Inside a job: run each ``python <args>`` in turn with this interpreter, stopping at a failure."""
+    import subprocess
+
+    for args in commands:
+        rc = subprocess.call([sys.executable, *args])
+        if rc:
+            return rc
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="wsdhq demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--redo", default="", help=f"comma-separated stages to run again ({', '.join(STAGES)}, all)")
+    p.add_argument("--address", default=None, help="job API of a running Ray cluster (default: start a local head)")
+    p.add_argument("--chain", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="DemoConfig key=value, e.g. workers=1 epochs=3 out=runs/demo2")
+    args = p.parse_args(argv)
+    if args.chain:
+        return _chain(json.loads(args.chain))
+    data: dict = {}
+    try:
+        for item in args.overrides:
+            apply_override(data, item)
+        cfg = from_dict(DemoConfig, data)
+    except ConfigError as e:
+        print(f"wsdhq demo: {e}", file=sys.stderr)
+        return 2
+    redo = {s.strip() for s in args.redo.split(",") if s.strip()}
+    unknown = redo - set(STAGES) - {"all"}
+    if unknown:
+        print(f"wsdhq demo: unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGES)}, all", file=sys.stderr)
+        return 2
+    if redo - {"all"}:  # a stage run again makes every later stage's output stale
+        redo |= set(STAGES[min(STAGES.index(s) for s in redo - {"all"}):])
+    Pipeline(cfg, redo, args.address).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
