@@ -86,6 +86,17 @@ def check_disjoint(query: CodeSet, db: CodeSet, train_keys: set[str] | None) -> 
     return out
 
 
+def label_bits(labels: np.ndarray) -> np.ndarray:
+    """Multi-hot (N, L) packed into (N, ceil(L/64)) uint64 words: relevance of the top-K items is then
+    K word ANDs per query instead of a (Q, K, L) gather."""
+    n, l = labels.shape
+    packed = np.packbits(np.asarray(labels, dtype=bool), axis=1, bitorder="little")
+    words = -(-max(l, 1) // 64)
+    out = np.zeros((n, words * 8), np.uint8)
+    out[:, :packed.shape[1]] = packed
+    return out.view(np.uint64)
+
+
 def rank_and_measure(search: Callable[[slice], tuple[np.ndarray, np.ndarray]], nq: int, q_labels: np.ndarray,
                      db_labels: np.ndarray, total_relevant: np.ndarray, k: int, cfg: EvaluateConfig,
                      keep_top: int = 0) -> tuple[dict, np.ndarray | None]:
@@ -93,11 +104,12 @@ def rank_and_measure(search: Callable[[slice], tuple[np.ndarray, np.ndarray]], n
     cut = np.unique(np.round(np.geomspace(1, k, cfg.pr_points)).astype(np.int64))
     acc = RankingAccumulator(k, tuple(cfg.precision_at), cut)
     kept = []
-    dbl = db_labels.astype(np.float32)
+    db_bits, q_bits = label_bits(db_labels), label_bits(q_labels)
     for sl in query_chunks(nq, cfg.query_chunk):
         _, idx = search(sl)
-        ql = q_labels[sl].astype(np.float32)
-        rel = np.einsum("qkl,ql->qk", dbl[idx], ql) > 0
+        rel = np.zeros(idx.shape, dtype=bool)
+        for w in range(db_bits.shape[1]):  # shared label <=> some 64-label word ANDs non-zero
+            rel |= (db_bits[idx, w] & q_bits[sl, w][:, None]) != 0
         acc.add(rel, total_relevant[sl])
         if keep_top:
             kept.append(idx[:, :keep_top])

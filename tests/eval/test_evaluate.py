@@ -120,3 +120,17 @@ def test_cli_reports_bad_input_as_one_line_error(tmp_path, capsys):
     rc = main(["--query", str(tmp_path / "nope"), "--database", str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert rc == 2
     assert "no codes_manifest.json" in capsys.readouterr().err
+
+
+def test_packed_label_words_give_the_same_relevance_as_shared_labels_beyond_64_labels():
+    from eval.evaluate import label_bits
+    from eval.metrics import relevance
+
+    rng = np.random.default_rng(0)
+    for n_labels in (3, 64, 65, 130):
+        a = (rng.random((20, n_labels)) < 0.05).astype(np.uint8)
+        b = (rng.random((30, n_labels)) < 0.05).astype(np.uint8)
+        wa, wb = label_bits(a), label_bits(b)
+        assert wa.shape == (20, -(-n_labels // 64))
+        got = ((wa[:, None, :] & wb[None, :, :]) != 0).any(-1)
+        assert np.array_equal(got, relevance(a, b))
