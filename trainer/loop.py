@@ -13,7 +13,7 @@ after an update do not depend on the number of workers.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import tempfile
 import time
@@ -172,10 +172,15 @@ def loader(run: WorkerRun, epoch: int, train: bool):
 
 def model_input(run: WorkerRun, batch: dict) -> torch.Tensor:
     x = batch["feat"] if run.cfg.encoder.kind == "mlp" else batch["image"]
-    x = x.to(run.device, non_blocking=True)
-    if run.engine is not None and run.cfg.scaling.use_gpu:
-        x = x.to(torch.bfloat16)
-    return x
+    return x.to(run.device, non_blocking=True)
+
+
+def precision(run: WorkerRun):
+    """bf16 autocast around forward passes when DeepSpeed runs in bf16 (GPU), else nothing: the
+    engine's weights are bf16 there while inputs, tag embeddings and codebooks stay float32."""
+    if run.engine is not None and run.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # ---- resume ----------------------------------------------------------------------------------
@@ -230,8 +235,9 @@ def train_epoch(run: WorkerRun, state: TrainState, epoch: int) -> tuple[dict[str
         clock.after_fetch(len(batch["key"]))
         if i == fail_at:
             _inject_failure(run, epoch)
-        loss, terms = run.method.loss({"x": model_input(run, batch), "y": run.supervision.targets(batch)},
-                                      epoch)
+        with precision(run):
+            loss, terms = run.method.loss({"x": model_input(run, batch), "y": run.supervision.targets(batch)},
+                                          epoch)
         if run.engine is not None:
             run.engine.backward(loss)
             run.engine.step()
@@ -259,7 +265,7 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     started = time.perf_counter()
     method = run.method
     feats, index = [], []
-    with torch.no_grad():
+    with torch.no_grad(), precision(run):
         for batch in loader(run, epoch, train=False):
             feats.append(method.embed(model_input(run, batch)).float().cpu())
             index.append(batch["index"])
@@ -281,7 +287,7 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     seconds = dist.all_reduce_max(time.perf_counter() - started)
 
     q = method.quantizer
-    stats = CodebookStatistics.from_flat(reduced["stats"], q.M, q.K, q.D)
+    stats = CodebookStatistics.from_flat(reduced["stats"].cpu(), q.M, q.K, q.D)
     t = reading_target(x, method.cfg.quant_reading).to(torch.float64)
     sxx = dist.all_reduce_sum(torch.tensor([(t * t).sum().item()], dtype=torch.float64)).item()
     C = q.codebooks.reshape(q.M * q.K, q.D).to(torch.float64).cpu()
@@ -350,9 +356,12 @@ def write_final(run: WorkerRun, state: TrainState) -> None:
     from shards import storage
     from trainer.checkpoint_io import save_inference
 
+    from trainer.methods import unwrap
+
     final = storage.join(run.cfg.storage.path, run.cfg.storage.name, "final")
-    if not storage.is_s3(final):
-        os.makedirs(final, exist_ok=True)
+    unwrap(run.method.net).cpu()  # the files are read on CPU machines too
+    if not run.method.progressive:
+        run.method.quantizer.codebooks = run.method.quantizer.codebooks.cpu()
     save_inference(final, run.method, {"config": to_dict(run.cfg), "epoch": state.epoch,
                                        "step": state.step, "tag_semantics_hash": run.tag_semantics_hash})
     storage.write_bytes(storage.join(final, "metrics.json"), json.dumps(state.metrics, indent=2).encode())
