@@ -129,7 +129,8 @@ class ShardEncoder:
         from shards.transforms import eval_transform
 
         keys, index, labels, xs = [], [], [], []
-        for pos, raw in raw_samples(url, skips):
+        fields = {"feat.npy", "labels.json", "tags.json"} if self.features_only else None  # skip image bytes
+        for pos, raw in raw_samples(url, skips, fields):
             try:
                 s = decode_fields(raw, need_image=not self.features_only)
                 if self.features_only:
