@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 @dataclass
@@ -82,8 +83,11 @@ def plot_curves(history: list[dict]) -> bytes:
     ax2.plot(epochs, [m["data_wait_fraction"] for m in history], color="tab:red", marker=".",
              label="data-wait fraction")
     ax2.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8)
     for a in axes.flat:
         a.set_xlabel("epoch")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
