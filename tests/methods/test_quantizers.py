@@ -257,3 +257,28 @@ def test_cached_icm_tables_follow_codebook_and_weight_changes():
     assert torch.equal(q.encode(x, generator=g()), fresh(None))
     q.solve(q.statistics(x, q.encode(x)))  # replaced
     assert torch.equal(q.encode(x, V, generator=g()), fresh(V))
+
+
+def test_first_icm_sweep_is_greedy_on_the_residual_in_the_drawn_block_order():
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    C = torch.randn(3, 8, 6, generator=g, dtype=torch.float64)
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(5)).tolist()
+    r, expected = x.clone(), torch.zeros(200, 3, dtype=torch.long)
+    for m in order:  # empty codes: each block sees the residual of the blocks already chosen
+        expected[:, m] = ((r[:, None, :] - C[m][None]) ** 2).sum(-1).argmin(1)
+        r -= C[m][expected[:, m]]
+    assert torch.equal(icm_encode(x, C, None, 1, torch.Generator().manual_seed(5)), expected)
+
+
+def test_progressive_forward_sends_gradients_to_codebooks_through_soft_and_hard_paths():
+    x = clustered(64, 8, seed=15)
+    q = ProgressiveQuantizer(8, levels=2, codebook_size=16)
+    out = q(x)
+    out.soft[1].pow(2).sum().backward()
+    assert torch.count_nonzero(q.codebooks.grad) == q.codebooks.numel()  # softmax touches every codeword
+    q.codebooks.grad = None
+    q(x).hard[0].pow(2).sum().backward()
+    used = torch.unique(out.codes[:, 0].long())
+    touched = q.codebooks.grad[0].abs().sum(1) > 0
+    assert torch.equal(torch.nonzero(touched).flatten(), used)
