@@ -273,6 +273,7 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     idx = torch.cat(index) if index else torch.zeros(0, dtype=torch.int64)
     order = torch.argsort(idx)
     x, idx = x[order], idx[order]
+    embedded = time.perf_counter()
     reduced: dict[str, torch.Tensor] = {}
 
     def reduce(flat: torch.Tensor) -> torch.Tensor:
@@ -285,6 +286,7 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     method.generator.manual_seed(run.cfg.method.seed * 1_000_003 + epoch)
     info = method.codebook_update([x], reduce=reduce, gather_sample=gather_sample)
     seconds = dist.all_reduce_max(time.perf_counter() - started)
+    embed_seconds = dist.all_reduce_max(embedded - started)
 
     q = method.quantizer
     stats = CodebookStatistics.from_flat(reduced["stats"].cpu(), q.M, q.K, q.D)
@@ -293,7 +295,8 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     C = q.codebooks.reshape(q.M * q.K, q.D).to(torch.float64).cpu()
     sq_err = sxx - 2 * (C * stats.R).sum().item() + (C * (stats.G @ C)).sum().item()
     live = (stats.counts(q.M) > 0).sum(1).tolist()
-    return {"codebook_update_seconds": seconds, "quantization_error": sq_err / max(int(stats.n), 1),
+    return {"codebook_update_seconds": seconds, "codebook_embed_seconds": embed_seconds,
+            "quantization_error": sq_err / max(int(stats.n), 1),
             "live_codewords": [int(v) for v in live], "codebook_samples": int(info["samples"])}
 
 
@@ -309,7 +312,7 @@ def epoch_record(run: WorkerRun, state: TrainState, epoch: int, terms: dict[str,
     record = {"epoch": epoch, "epochs": run.cfg.training.epochs, "step": state.step,
               "loss": mean.pop("loss/total", float("nan")), **mean,
               "samples": int(samples), "epoch_seconds": seconds, "samples_per_s": samples / seconds,
-              "world_size": run.world_size, "codebook_update_seconds": 0.0,
+              "world_size": run.world_size, "codebook_update_seconds": 0.0, "codebook_embed_seconds": 0.0,
               # codebook quality is measured at updates; between them the codebooks do not change
               "quantization_error": previous.get("quantization_error"),
               "live_codewords": previous.get("live_codewords")}

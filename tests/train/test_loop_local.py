@@ -11,7 +11,8 @@ from trainer import checkpointing
 from trainer.train import build_trainer
 
 
-def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_final(digits_features, tmp_path):
+def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_final(digits_features, tmp_path,
+                                                                                      capsys):
     cfg = run_config(digits_features, tmp_path, "local", "training.epochs=2")
     result = build_trainer(cfg).fit()
     assert result.error is None
@@ -34,6 +35,11 @@ def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_f
         assert m["codebook_update_seconds"] > 0
     # the quantization term joins the loss only once codebooks exist (λ = 0 before)
     assert "loss/q" not in history[0] and history[1]["loss/q"] > 0
+    # a person can follow it: one line per epoch with the loss terms, codebook usage and throughput
+    out = capsys.readouterr().out
+    last = history[-1]
+    assert f"epoch 2/2 step 24 loss {last['loss']:.4g}" in out
+    assert f"live {last['live_codewords'][0]},{last['live_codewords'][1]}" in out and "samples/s" in out
     final = tmp_path / "local" / "final"
     assert (final / "model.pt").is_file() and (final / "quantizer.npz").is_file()
     assert (final / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
