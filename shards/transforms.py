@@ -19,8 +19,8 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 (3, H, W) in [0, 1]."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)  # numpy: no thread-pool sync
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
