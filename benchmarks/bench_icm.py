@@ -7,11 +7,14 @@ then encodes the second set; encoding is timed alone. One more row isolates the 
 LSQ's codebooks, versus LSQ's own encoder (ICM + iterated local search) on those codebooks.
 
     .venv/bin/python -m benchmarks.bench_icm [--train 20000] [--encode 20000] [--threads 2]
+    .venv/bin/python -m benchmarks.bench_icm --data mirflickr --train 10000 --encode 10000
 """
 from __future__ import annotations
 
 import argparse
 import time
+
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -19,12 +22,32 @@ import torch
 
 from trainer.quantizers import AdditiveQuantizer, icm_encode
 
+MIRFLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mirflickr25k_real"
+
 
 def clustered(n: int, d: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
     """Gaussian clusters with per-cluster anisotropic spread, squashed by tanh like fc8 features."""
     which = rng.integers(len(centers), size=n)
     scales = 0.15 + 0.35 * rng.random((len(centers), d))
     return np.tanh(centers[which] + scales[which] * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def mirflickr_tag_features(d: int, n_train: int, n_encode: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real data: MIRFLICKR-25K Cleared-Set tag bags (20,015 x 1386) L2-normalised, reduced to d by
+    TruncatedSVD; the first n_train rows train, the last n_encode rows are encoded."""
+    from sklearn.decomposition import TruncatedSVD
+
+    path = MIRFLICKR / "cleared20015_tags1386_labels24.npz"
+    if not path.is_file():
+        raise SystemExit(f"--data mirflickr: {path} not found")
+    with np.load(path, allow_pickle=False) as z:
+        tags = z["tags"].astype(np.float32)
+    if n_train + n_encode > len(tags):
+        raise SystemExit(f"--data mirflickr has {len(tags)} rows; --train + --encode must not exceed it")
+    tags /= np.maximum(np.linalg.norm(tags, axis=1, keepdims=True), 1e-12)
+    feats = TruncatedSVD(d, random_state=0).fit_transform(tags).astype(np.float32)
+    feats /= feats.std()  # unit scale, comparable MSE ratios across --data
+    return feats[:n_train], feats[-n_encode:]
 
 
 def timed(fn):
@@ -50,12 +73,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="encode timings keep the best of this many")
     ap.add_argument("--batch-size", type=int, default=8192, help="our ICM encode batch")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", choices=["clustered", "mirflickr"], default="clustered",
+                    help="synthetic clustered vectors, or real MIRFLICKR tag features (SVD to --dim)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     faiss.omp_set_num_threads(a.threads)
     rng = np.random.default_rng(a.seed)
     centers = rng.standard_normal((64, a.dim)) * 0.8
-    xt, xb = clustered(a.train, a.dim, rng, centers), clustered(a.encode, a.dim, rng, centers)
+    if a.data == "mirflickr":
+        xt, xb = mirflickr_tag_features(a.dim, a.train, a.encode)
+    else:
+        xt, xb = clustered(a.train, a.dim, rng, centers), clustered(a.encode, a.dim, rng, centers)
     energy = float((xb.astype(np.float64) ** 2).sum(1).mean())
     # name -> (train seconds, encode closure, decode of its codes); encodes are timed round-robin
     # so that load from other processes hits every method alike, and each keeps its best time.
@@ -97,7 +125,7 @@ def main() -> None:
             best[name] = min(best.get(name, float("inf")), sec)
     rows = [(name, tr, best[name], mse(xb, decode(codes[name]))) for name, (tr, _, decode) in methods.items()]
     lsq_sec, lsq_mse = next((sec, err) for name, _, sec, err in rows if name.startswith("faiss LSQ"))
-    print(f"D={a.dim} M={a.M} K=256 train={a.train} encode={a.encode} threads={a.threads} "
+    print(f"data={a.data} D={a.dim} M={a.M} K=256 train={a.train} encode={a.encode} threads={a.threads} "
           f"batch={a.batch_size} best of {a.repeats} round-robin encodes; "
           f"mean ||x||^2={energy:.2f}")
     print("| method | train s | encode s | vectors/s | speed vs LSQ | MSE | MSE / ||x||^2 | MSE vs LSQ |")

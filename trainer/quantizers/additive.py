@@ -136,7 +136,10 @@ class AdditiveQuantizer(Quantizer):
     @classmethod
     def _from_params(cls, params: dict, codebooks: torch.Tensor) -> "AdditiveQuantizer":
         M, K, D = codebooks.shape
-        q = cls(D, M, K, params["icm_sweeps"], params["ridge"], params["encode_batch_size"])
+        defaults = AdditiveQuantizerConfig()
+        q = cls(D, M, K, int(params.get("icm_sweeps", defaults.icm_sweeps)),
+                float(params.get("ridge", defaults.ridge)),
+                int(params.get("encode_batch_size", defaults.encode_batch_size)))
         q.codebooks = codebooks.to(torch.float32)
-        q.is_trained = bool(params["is_trained"])
+        q.is_trained = bool(params.get("is_trained", True))
         return q

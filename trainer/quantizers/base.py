@@ -70,7 +70,7 @@ class Quantizer:
     @torch.no_grad()
     def decode(self, codes: Any) -> torch.Tensor:
         """Sum of the chosen codewords, (N, D); a code matrix with m < M columns decodes its prefix."""
-        c = as_codes(codes, self.M, self.K)
+        c = as_codes(codes, self.M, self.K).to(self.codebooks.device)
         m = c.shape[1]
         table = self.codebooks.detach()[:m].reshape(m * self.K, self.D)
         offsets = torch.arange(m, device=c.device) * self.K
@@ -80,7 +80,7 @@ class Quantizer:
     @torch.no_grad()
     def lut(self, queries: Any) -> torch.Tensor:
         """Inner products q·c_mk, (Q, M, K): the asymmetric score of code b is Σ_m lut[q, m, b_m]."""
-        q = as_float_tensor(queries, "queries", self.codebooks.dtype)
+        q = as_float_tensor(queries, "queries", self.codebooks.dtype).to(self.codebooks.device)
         if q.shape[1] != self.D:
             raise ValueError(f"queries: expected dimension {self.D}, got {q.shape[1]}")
         return torch.einsum("qd,mkd->qmk", q, self.codebooks.detach())
