@@ -166,7 +166,8 @@ def semantics_from_counts(counts: TagCounts, cfg: TagConfig) -> TagSemantics:
     stats["vectors"] = {"source": embedded.source, "note": embedded.note, "dim": int(embedded.vectors.shape[1]),
                         "origin": dict(sorted(origin.items()))}
     sub = counts.cooc[kept][:, kept]
-    enhanced = enhance(embedded.vectors[kept], sub, cfg.graph.alpha, cfg.graph.self_loop)
+    enhanced = enhance(embedded.vectors[kept], sub, cfg.graph,
+                       n_images=stats["images"] - stats["images_untagged_after_vocab"])
     eps = cfg.graph.eps
     if cfg.graph.target_units:
         eps = eps_for_target(enhanced, cfg.graph.target_units, cfg.graph.min_samples)
