@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-split counts, tag and label statistics")
     p.add_argument("root", help="a dataset root or one shard set (dir or s3://)")
 
-    p = sub.add_parser("verify", help="check every shard exists and matches the manifest's size and sha256")
+    p = sub.add_parser("verify", help="check every shard exists and matches the manifest's size and sha256, "
+                                      "and (for a dataset root) that query is disjoint from train/database")
     p.add_argument("sets", nargs="+", help="shard sets or dataset roots")
     p.add_argument("--sizes-only", action="store_true", help="byte sizes only (no sha256)")
     return parser
@@ -98,7 +99,27 @@ def _verify(urls: list[str], checksums: bool) -> int:
                 print(f"FAIL {p}", file=sys.stderr)
             print(f"{'ok  ' if not problems else 'FAIL'} {m.url}: {len(m.shards)} shard(s), {m.total} samples")
             bad += bool(problems)
+        if len(splits) == len(SPLITS):
+            overlap = _split_overlap(url)
+            if overlap:
+                print(f"FAIL {url}: {len(overlap)} query key(s) also in train/database, e.g. {overlap[:3]}",
+                      file=sys.stderr)
+            else:
+                print(f"ok   {url}: query is disjoint from train and database")
+            bad += bool(overlap)
     return 1 if bad else 0
+
+
+def _split_overlap(root: str) -> list[str]:
+    """Query keys that also occur in train or database, read from the shards themselves."""
+    from shards import storage
+    from shards.reader import iter_samples
+
+    def keys(split: str) -> set[str]:
+        m = Manifest.load(storage.join(root, split))
+        return {s["__key__"] for url in m.shard_urls() for s in iter_samples(url, fields=["tags.json"])}
+
+    return sorted(keys("query") & (keys("train") | keys("database")))
 
 
 def main(argv: list[str] | None = None) -> int:

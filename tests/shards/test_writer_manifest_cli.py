@@ -102,7 +102,18 @@ def test_demo_summary_and_verify_via_cli(demo_root, capsys):
     assert m["train"].label_names == [f"digit_{d}" for d in range(10)]
     assert "digit_0 (" in out and "skipped at conversion: none" in out
     assert main(["verify", str(demo_root)]) == 0
-    assert capsys.readouterr().out.count("ok ") == 3
+    out = capsys.readouterr().out
+    assert out.count("ok ") == 4 and "query is disjoint from train and database" in out
+
+
+def test_verify_finds_a_query_key_that_leaked_into_database(tmp_path, capsys):
+    for split, keys in (("train", ["a", "b"]), ("query", ["q", "b"]), ("database", ["a", "c"])):
+        w = ShardSetWriter(str(tmp_path / split), "t", split)
+        for k in keys:
+            w.write(encode_sample(k, png(1), "png", ["x"]))
+        w.close()
+    assert main(["verify", str(tmp_path)]) == 1
+    assert "1 query key(s) also in train/database, e.g. ['b']" in capsys.readouterr().err
 
 
 def test_demo_is_seeded_and_tags_are_simulated_from_labels(tmp_path):
