@@ -25,7 +25,6 @@ import random
 import tarfile
 from collections import Counter
 from dataclasses import dataclass
-from itertools import count
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -138,28 +137,28 @@ class _SlotStream(IterableDataset):
         self.slots = world_size * self.workers
         self.by_sample = len(self.urls) < self.slots
 
-    def _shard_order(self, slot: int) -> Iterator[int]:
+    def _passes(self, slot: int) -> Iterator[Iterable[int]]:
+        """Shard numbers this slot reads, pass by pass (train repeats its passes until enough batches)."""
         n = len(self.urls)
         if not self.train:
-            yield from range(n) if self.by_sample else range(slot, n, self.slots)
+            yield range(n) if self.by_sample else range(slot, n, self.slots)
             return
         if self.cfg.resample:
             # ResampledShards yields dict(url=...); map back to shard numbers for the global index.
             pos = {u: i for i, u in enumerate(self.urls)}
             rs = wds.ResampledShards(self.urls, deterministic=True,
                                      worker_seed=lambda: make_seed(self.cfg.seed, self.epoch, slot))
-            for d in rs:
-                yield pos[d["url"]]
+            yield (pos[d["url"]] for d in rs)
             return
         order = list(range(n))
         random.Random(make_seed(self.cfg.seed, self.epoch)).shuffle(order)  # same on every rank
         mine = order if self.by_sample else order[slot::self.slots]
-        for _ in count():
-            yield from mine
+        while True:
+            yield mine
 
-    def _samples(self, slot: int, skips: Counter) -> Iterator[dict]:
-        draws_without_sample = 0
-        for shard in self._shard_order(slot):
+    def _samples(self, slot: int, shards: Iterable[int], skips: Counter, dry: list[int]) -> Iterator[dict]:
+        """Decoded (not image-decoded) samples of ``shards``; ``dry`` counts shard reads with no sample."""
+        for shard in shards:
             url, offset = self.urls[shard], self.offsets[shard]
             got = False
             for pos, raw in raw_samples(url, skips):
@@ -178,10 +177,22 @@ class _SlotStream(IterableDataset):
                 s["index"] = index
                 got = True
                 yield s
-            draws_without_sample = 0 if got else draws_without_sample + 1
-            if self.train and draws_without_sample > 2 * len(self.urls) + 8:
+            dry[0] = 0 if got else dry[0] + 1
+            if self.train and dry[0] > 2 * len(self.urls) + 8:
                 raise ReaderError(f"slot {slot} (rank {self.rank}) found no usable sample in "
-                                  f"{draws_without_sample} shard reads; skips so far: {dict(skips)}")
+                                  f"{dry[0]} shard reads; skips so far: {dict(skips)}")
+
+    def _stream(self, slot: int, skips: Counter) -> Iterator[dict]:
+        """Pass after pass, each through its own shuffle buffer: a pass is fully emitted before the
+        next begins, so a slot repeats samples only when its shards hold fewer than it must yield."""
+        dry = [0]
+        for p, shards in enumerate(self._passes(slot)):
+            stream: Iterable[dict] = self._samples(slot, shards, skips, dry)
+            if self.train and self.cfg.shuffle_buffer > 1:
+                stream = _shuffle(stream, bufsize=self.cfg.shuffle_buffer,
+                                  initial=min(100, self.cfg.shuffle_buffer),
+                                  rng=random.Random(make_seed(self.cfg.seed, self.epoch, slot, 2, p)))
+            yield from stream
 
     def _to_tensor(self, s: dict, gen: torch.Generator) -> dict:
         if self.cfg.features_only:
@@ -200,10 +211,7 @@ class _SlotStream(IterableDataset):
         slot = self.rank * self.workers + worker
         skips: Counter = Counter()
         gen = torch.Generator().manual_seed(make_seed(self.cfg.seed, self.epoch, slot, 1))
-        stream: Iterable[dict] = self._samples(slot, skips)
-        if self.train and self.cfg.shuffle_buffer > 1:
-            stream = _shuffle(stream, bufsize=self.cfg.shuffle_buffer, initial=min(100, self.cfg.shuffle_buffer),
-                              rng=random.Random(make_seed(self.cfg.seed, self.epoch, slot, 2)))
+        stream = self._stream(slot, skips)
         limit = None if self.per_worker_batches is None else self.per_worker_batches[worker]
         batch: list[dict] = []
         produced = failed_in_a_row = 0

@@ -153,3 +153,13 @@ def test_demo_round_trip_2_ranks_x_2_workers(demo_root):
             assert all(len(l) == 1 and l[0].startswith("digit_") for l in b["labels"])
     assert len(seen) == m.total and set(seen.values()) == {1}
     assert np.isclose(sum(seen), m.total * (m.total - 1) / 2)
+
+
+def test_train_epoch_with_even_shards_covers_every_sample_once_across_2_ranks_x_2_workers(tmp_path):
+    write_set(tmp_path / "set", n=48, max_count=6)  # 8 shards: 2 per (rank, worker) slot
+    cfg = ReaderConfig(batch_size=4, image_size=8, num_workers=2, shuffle_buffer=6)
+    for epoch in (0, 1):
+        results = _pass(tmp_path / "set", cfg, world=2, train=True, epoch=epoch)
+        idx = [i for _, batches, _ in results for b in batches for i in b["index"].tolist()]
+        assert [len(batches) for _, batches, _ in results] == [6, 6]
+        assert sorted(idx) == list(range(48))
