@@ -60,7 +60,7 @@ def main(argv=None) -> None:
         print(f"M={m} ({m * 8} bits): project AQD (faiss scan + exact ties) {qps(t_ours):8.1f} q/s | "
               f"project torch scan {qps(t_torch):8.1f} q/s | faiss additive LUT "
               f"{qps(t_aq):8.1f} q/s | faiss IndexPQ {qps(t_pq):8.1f} q/s | "
-              f"ratio faiss-PQ/project {t_ours / t_pq:.2f}x, faiss-additive/project {t_ours / t_aq:.2f}x | "
+              f"speed ratio IndexPQ/project {t_ours / t_pq:.2f}x, faiss-additive/project {t_ours / t_aq:.2f}x | "
               f"top-{a.k} scores of both project paths equal faiss additive: {same}")
 
 
