@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=10, help="our LS/ICM training iterations")
     ap.add_argument("--sweeps", type=int, nargs="+", default=[1, 3, 5], help="ICM sweeps to time")
+    ap.add_argument("--restarts", type=int, nargs="*", default=[2, 4], help="ICM restarts to time (3 sweeps)")
     ap.add_argument("--repeats", type=int, default=5, help="encode timings keep the best of this many")
     ap.add_argument("--batch-size", type=int, default=8192, help="our ICM encode batch")
     ap.add_argument("--seed", type=int, default=0)
@@ -97,6 +98,9 @@ def main() -> None:
     for s in a.sweeps:
         methods[f"ours: ICM {s} sweep{'s' * (s > 1)} (own codebooks)"] = (
             aq_train, lambda s=s: aq.encode(xb, sweeps=s, generator=gen()), lambda c: aq.decode(c).numpy())
+    for r in a.restarts:
+        methods[f"ours: ICM 3 sweeps x {r} restarts (own codebooks)"] = (
+            aq_train, lambda r=r: aq.encode(xb, restarts=r, generator=gen()), lambda c: aq.decode(c).numpy())
 
     lsq = faiss.LocalSearchQuantizer(a.dim, a.M, 8)
     lsq.random_seed = a.seed
@@ -110,6 +114,10 @@ def main() -> None:
         methods[f"ours: ICM {s} sweep{'s' * (s > 1)} on LSQ codebooks"] = (
             lsq_train, lambda s=s: icm_encode(xb_t, lsq_C, None, s, gen(), a.batch_size).numpy().astype(np.uint8),
             lsq.decode)
+    for r in a.restarts:
+        methods[f"ours: ICM 3 sweeps x {r} restarts on LSQ codebooks"] = (
+            lsq_train, lambda r=r: icm_encode(xb_t, lsq_C, None, 3, gen(), a.batch_size,
+                                              restarts=r).numpy().astype(np.uint8), lsq.decode)
 
     rq = faiss.ResidualQuantizer(a.dim, a.M, 8)
     t = time.perf_counter()

@@ -282,3 +282,24 @@ def test_progressive_forward_sends_gradients_to_codebooks_through_soft_and_hard_
     used = torch.unique(out.codes[:, 0].long())
     touched = q.codebooks.grad[0].abs().sum(1) > 0
     assert torch.equal(torch.nonzero(touched).flatten(), used)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_icm_restarts_keep_each_samples_best_code(weighted):
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(400, 16, generator=g, dtype=torch.float64)
+    C = torch.randn(4, 16, 16, generator=g, dtype=torch.float64)
+    V = torch.randn(24, 16, generator=g, dtype=torch.float64) if weighted else None
+    err = lambda codes: distortion(x, one_hot(codes, 16) @ C.reshape(-1, 16), V)  # noqa: E731
+    seed = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    one = icm_encode(x, C, V, 3, seed())
+    many = icm_encode(x, C, V, 3, seed(), restarts=4)
+    # restart r uses draws 3r .. 3r+2 of the same order stream: rebuild each run by hand
+    runs = []
+    for r in range(4):
+        rg = seed()
+        for _ in range(3 * r):
+            torch.randperm(4, generator=rg)
+        runs.append(err(icm_encode(x, C, V, 3, rg)))
+    torch.testing.assert_close(err(many), torch.stack(runs).min(0).values, rtol=1e-12, atol=1e-9)
+    assert torch.all(err(many) <= err(one) + 1e-9) and float(err(many).sum()) < float(err(one).sum())

@@ -28,6 +28,7 @@ class AdditiveQuantizerConfig:
     icm_sweeps: int = 3            # max_iter_update_b
     ridge: float = 1e-3            # λ of the LS update (HᵀH + ridge·I)
     encode_batch_size: int = 8192  # rows per ICM batch; bounds memory at batch·M·K floats
+    icm_restarts: int = 1          # >1: ICM from several block orders, best per sample (not in the paper)
 
 
 class AdditiveQuantizer(Quantizer):
@@ -36,7 +37,8 @@ class AdditiveQuantizer(Quantizer):
     kind = "additive"
 
     def __init__(self, dim: int, num_codebooks: int = 4, codebook_size: int = 256,
-                 icm_sweeps: int = 3, ridge: float = 1e-3, encode_batch_size: int = 8192):
+                 icm_sweeps: int = 3, ridge: float = 1e-3, encode_batch_size: int = 8192,
+                 icm_restarts: int = 1):
         if not 1 <= codebook_size <= 256:
             raise ValueError(f"codebook_size must be in [1, 256] for uint8 codes, got {codebook_size}")
         if num_codebooks < 1 or dim < num_codebooks:
@@ -45,13 +47,14 @@ class AdditiveQuantizer(Quantizer):
         self.icm_sweeps = icm_sweeps
         self.ridge = ridge
         self.encode_batch_size = encode_batch_size
+        self.icm_restarts = icm_restarts
         self.is_trained = False
         self._tables: tuple | None = None  # (codebooks, their version, V, ICMTables)
 
     @classmethod
     def from_config(cls, cfg: AdditiveQuantizerConfig, dim: int) -> "AdditiveQuantizer":
         return cls(dim, cfg.num_codebooks, cfg.codebook_size, cfg.icm_sweeps, cfg.ridge,
-                   cfg.encode_batch_size)
+                   cfg.encode_batch_size, cfg.icm_restarts)
 
     def _check_x(self, x: Any) -> torch.Tensor:
         t = as_float_tensor(x, "x", torch.float32)
@@ -76,14 +79,16 @@ class AdditiveQuantizer(Quantizer):
         self.is_trained = True
 
     def encode(self, x: Any, weights: Any = None, sweeps: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """ICM codes (N, M) uint8 minimising ‖V(x − x̂)‖² (V = ``weights`` (T, D), or plain L2)."""
+               generator: torch.Generator | None = None, restarts: int | None = None) -> torch.Tensor:
+        """ICM codes (N, M) uint8 minimising ‖V(x − x̂)‖² (V = ``weights`` (T, D), or plain L2);
+        ``sweeps`` / ``restarts`` default to the quantizer's settings."""
         if not self.is_trained:
             raise RuntimeError("AdditiveQuantizer is not trained: call init_kmeans(x) or fit(x) first")
         x = self._check_x(x)
         V = None if weights is None else as_float_tensor(weights, "weights", torch.float32)
         codes = icm_encode(x, self.codebooks, V, self.icm_sweeps if sweeps is None else sweeps, generator,
-                           self.encode_batch_size, self._icm_tables(V))
+                           self.encode_batch_size, self._icm_tables(V),
+                           self.icm_restarts if restarts is None else restarts)
         return codes.to(torch.uint8)
 
     def _icm_tables(self, V: torch.Tensor | None) -> ICMTables:
@@ -130,7 +135,7 @@ class AdditiveQuantizer(Quantizer):
     train = fit  # faiss's verb
 
     def _params(self) -> dict:
-        return {"icm_sweeps": self.icm_sweeps, "ridge": self.ridge,
+        return {"icm_sweeps": self.icm_sweeps, "icm_restarts": self.icm_restarts, "ridge": self.ridge,
                 "encode_batch_size": self.encode_batch_size, "is_trained": self.is_trained}
 
     @classmethod
@@ -139,7 +144,8 @@ class AdditiveQuantizer(Quantizer):
         defaults = AdditiveQuantizerConfig()
         q = cls(D, M, K, int(params.get("icm_sweeps", defaults.icm_sweeps)),
                 float(params.get("ridge", defaults.ridge)),
-                int(params.get("encode_batch_size", defaults.encode_batch_size)))
+                int(params.get("encode_batch_size", defaults.encode_batch_size)),
+                int(params.get("icm_restarts", defaults.icm_restarts)))
         q.codebooks = codebooks.to(torch.float32)
         q.is_trained = bool(params.get("is_trained", True))
         return q

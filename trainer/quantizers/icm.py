@@ -57,45 +57,84 @@ class ICMTables:
 
 def icm_encode(x: torch.Tensor, codebooks: torch.Tensor, weights: torch.Tensor | None = None,
                sweeps: int = 3, generator: torch.Generator | None = None,
-               batch_size: int = 8192, tables: ICMTables | None = None) -> torch.Tensor:
+               batch_size: int = 8192, tables: ICMTables | None = None, restarts: int = 1) -> torch.Tensor:
     """Codes (N, M) int64 minimising ‖V(x − Σ_m c_{m,b_m})‖² by ICM from empty codes.
 
     x: (N, D); codebooks: (M, K, D); weights: V (T, D) or None for the plain L2 distortion.
-    The block order of each sweep is drawn once per call from ``generator``, so the result does
-    not depend on ``batch_size`` (which only bounds memory: batch·M·K floats). ``tables``, when
-    given, must have been built from these codebooks and weights (they are then not read).
+    The block orders are drawn once per call from ``generator`` (restart by restart, sweep by
+    sweep), so the result does not depend on ``batch_size`` (which only bounds memory:
+    batch·M·K floats). ``tables``, when given, must have been built from these codebooks and
+    weights. ``restarts`` > 1 (beyond the authors, who run one) repeats ICM from empty codes with
+    other block orders and keeps each sample's best code: ICM stops in the local minimum its greedy
+    first sweep leads to, and a different order often finds a lower one, for the price of the
+    sweeps only (the unary matmul is shared).
     """
     M, K, D = codebooks.shape
     if x.shape[1] != D:
         raise ValueError(f"x: expected dimension {D}, got {x.shape[1]}")
-    if sweeps < 1:
-        raise ValueError(f"sweeps must be >= 1, got {sweeps}")
+    if sweeps < 1 or restarts < 1:
+        raise ValueError(f"sweeps and restarts must be >= 1, got sweeps={sweeps}, restarts={restarts}")
     tables = tables or ICMTables.build(codebooks, weights)
     AC, norms, pairs = tables.AC, tables.norms, tables.pairs
     x = x.detach().to(AC.dtype)
-    orders = [torch.randperm(M, generator=generator).tolist() for _ in range(sweeps)]
+    orders = [[torch.randperm(M, generator=generator).tolist() for _ in range(sweeps)]
+              for _ in range(restarts)]
     offsets = torch.arange(M, device=x.device) * K
     out = torch.empty(x.shape[0], M, dtype=torch.long, device=x.device)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size]
         # (M, n, K) so each block's unary costs are one contiguous slab.
-        unary = (xb @ AC.reshape(M * K, D).T).reshape(-1, M, K).permute(1, 0, 2).mul(-2).add_(norms[:, None])
-        codes = torch.zeros(xb.shape[0], M, dtype=torch.long, device=x.device)
-        assigned: list[int] = []
-        for order in orders:
-            for m in order:
-                others = [o for o in assigned if o != m]
-                if others:
-                    # One embedding_bag sums the M-1 pair-table rows without materialising them.
-                    cost = F.embedding_bag(codes[:, others] + offsets[others], pairs[m], mode="sum")
-                    cost += unary[m]
-                else:
-                    cost = unary[m]
-                codes[:, m] = cost.argmin(1)
-                if m not in assigned:
-                    assigned.append(m)
-        out[start:start + xb.shape[0]] = codes
+        unary = (xb @ AC.reshape(M * K, D).T).reshape(-1, M, K).permute(1, 0, 2).contiguous()
+        unary.mul_(-2).add_(norms[:, None])
+        best = _icm_pass(unary, pairs, offsets, orders[0])
+        if restarts > 1:
+            best_cost = _objective(unary, pairs, offsets, best)
+            for restart_orders in orders[1:]:
+                codes = _icm_pass(unary, pairs, offsets, restart_orders)
+                cost = _objective(unary, pairs, offsets, codes)
+                better = cost < best_cost
+                best[better], best_cost[better] = codes[better], cost[better]
+        out[start:start + xb.shape[0]] = best
     return out
+
+
+def _block_costs(unary: torch.Tensor, pairs: torch.Tensor, offsets: torch.Tensor,
+                 codes: torch.Tensor, m: int, others: list[int]) -> torch.Tensor:
+    """(n, K) cost of every codeword of block m given the codes of blocks ``others``."""
+    if not others:
+        return unary[m]
+    # One embedding_bag sums the pair-table rows of the other blocks without materialising them.
+    return F.embedding_bag(codes[:, others] + offsets[others], pairs[m], mode="sum").add_(unary[m])
+
+
+def _icm_pass(unary: torch.Tensor, pairs: torch.Tensor, offsets: torch.Tensor,
+              orders: list[list[int]]) -> torch.Tensor:
+    """ICM sweeps from empty codes; blocks not yet assigned contribute nothing (greedy first sweep)."""
+    M, n, _ = unary.shape
+    codes = torch.zeros(n, M, dtype=torch.long, device=unary.device)
+    assigned: list[int] = []
+    for order in orders:
+        for m in order:
+            codes[:, m] = _block_costs(unary, pairs, offsets, codes, m,
+                                       [o for o in assigned if o != m]).argmin(1)
+            if m not in assigned:
+                assigned.append(m)
+    return codes
+
+
+def _objective(unary: torch.Tensor, pairs: torch.Tensor, offsets: torch.Tensor,
+               codes: torch.Tensor) -> torch.Tensor:
+    """Per-sample distortion minus the constant xᵀAx: Σ_m unary + ½ Σ_m Σ_{o≠m} pair terms."""
+    M = unary.shape[0]
+    total = torch.zeros(codes.shape[0], dtype=unary.dtype, device=unary.device)
+    for m in range(M):
+        b = codes[:, m:m + 1]
+        total += unary[m].gather(1, b).squeeze(1)
+        others = [o for o in range(M) if o != m]
+        if others:
+            pair = F.embedding_bag(codes[:, others] + offsets[others], pairs[m], mode="sum")
+            total += 0.5 * pair.gather(1, b).squeeze(1)
+    return total
 
 
 def distortion(x: torch.Tensor, reconstruction: torch.Tensor, weights: torch.Tensor | None = None
