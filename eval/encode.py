@@ -208,11 +208,11 @@ class Progress:
         self.done = self.samples = 0
         self.t0 = self.last = time.perf_counter()
 
-    def step(self, rows: int, force: bool = False) -> None:
+    def step(self, rows: int) -> None:
         self.done += 1
         self.samples += rows
         now = time.perf_counter()
-        if force or now - self.last >= self.every_s or self.done == self.total:
+        if now - self.last >= self.every_s or self.done == self.total:
             rate = self.samples / max(now - self.t0, 1e-9)
             self.log(f"encoded {self.done}/{self.total} shards, {self.samples:,} samples, {rate:,.0f} samples/s")
             self.last = now
