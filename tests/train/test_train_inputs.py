@@ -27,9 +27,12 @@ def _good(digits_features, tmp_path) -> dict:
             "scaling": {"num_workers": 2}, "storage": {"path": str(tmp_path / "runs")}}
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads_into_the_typed_tree(path):
-    cfg = config_lib.load(RunConfig, path)
+RUN_CONFIGS = ["digits_demo.yaml", "digits_demo_deepspeed.yaml", "digits_features.yaml"]
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_every_shipped_training_config_loads_into_the_typed_tree(name):
+    cfg = config_lib.load(RunConfig, REPO / "configs" / name)
     assert cfg.training.epochs >= 1 and cfg.data.train and cfg.data.tags
 
 
