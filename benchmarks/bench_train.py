@@ -37,19 +37,20 @@ def demo_data(root: Path) -> dict:
     return {"train": str(root / "train"), "tags": str(root / "tags"), "dim": sem.dim}
 
 
-def run_config(data: dict, storage: Path, name: str, epochs: int, workers: int, update_every: int) -> RunConfig:
+def run_config(data: dict, storage: Path, name: str, epochs: int, workers: int, update_every: int,
+               gpu: bool = False) -> RunConfig:
     return config_lib.from_dict(RunConfig, {
         "data": {"train": data["train"], "tags": data["tags"]},
         "reader": {"batch_size": 64, "image_size": 32, "num_workers": 1, "crop_scale": [0.7, 1.0]},
         "encoder": {"kind": "small_cnn", "width": 16},
         "method": {"embed_dim": data["dim"], "M": 2, "K": 256, "code_update_every": update_every},
         "training": {"epochs": epochs},
-        "scaling": {"num_workers": workers, "collective_timeout_s": 600},
+        "scaling": {"num_workers": workers, "collective_timeout_s": 600, "use_gpu": gpu},
         "storage": {"path": str(storage), "name": name},
     })
 
 
-def plain_loop(cfg: RunConfig, epochs: int) -> tuple[float, float]:
+def plain_loop(cfg: RunConfig, epochs: int, device: str = "cpu") -> tuple[float, float]:
     """(samples/s of the epochs after the first, wall seconds) of fit_local over the same reader,
     model and optimizer (no Ray, no DDP); the first epoch is left out as in the Ray figure."""
     from shards.reader import make_loader
@@ -59,6 +60,7 @@ def plain_loop(cfg: RunConfig, epochs: int) -> tuple[float, float]:
 
     tags = TagSemantics.load(cfg.data.tags)
     method = build_method(cfg.method, cfg.encoder, tags.embeddings)
+    method.net.to(device)
     starts: list[float] = []
     samples: list[int] = []
 
@@ -67,7 +69,7 @@ def plain_loop(cfg: RunConfig, epochs: int) -> tuple[float, float]:
         samples.append(0)
         for b in make_loader(cfg.data.train, cfg.reader, 0, 1, epoch, train=True):
             samples[-1] += len(b["key"])
-            yield {"x": b["image"], "y": torch.from_numpy(tags.targets(b["tags"]))}
+            yield {"x": b["image"].to(device), "y": torch.from_numpy(tags.targets(b["tags"])).to(device)}
 
     start = time.perf_counter()
     fit_local(method, batches, epochs, cfg.training.optim)
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl); the plain loop on cuda")
     a = p.parse_args(argv)
     import ray
 
@@ -119,18 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         data = demo_data(root / "demo")
         never = 10**6
-        plain, plain_wall = plain_loop(run_config(data, root, "plain", a.epochs, 0, never), a.epochs)
+        device = "cuda" if a.gpu else "cpu"
+        plain, plain_wall = plain_loop(run_config(data, root, "plain", a.epochs, 0, never), a.epochs, device)
         print(f"plain loop (fit_local, 1 process):  {plain:8.1f} samples/s  (wall {plain_wall:.1f}s "
               f"for {a.epochs} epochs)")
         for w in a.workers:
-            hist, wall = ray_loop(run_config(data, root, f"ray{w}", a.epochs, w, never))
+            hist, wall = ray_loop(run_config(data, root, f"ray{w}", a.epochs, w, never, a.gpu))
             n = sum(m["samples"] for m in hist[1:])
             sps = n / sum(m["epoch_seconds"] for m in hist[1:])
             wait = statistics.mean(m["data_wait_fraction"] for m in hist)
             print(f"Ray Train loop, {w} worker(s):      {sps:8.1f} samples/s  "
                   f"(ratio to plain {sps / plain:.2f}, data-wait {100 * wait:.1f}%; wall {wall:.1f}s with "
                   f"worker start-up and per-epoch checkpoints, ratio {plain_wall / wall:.2f})")
-        hist, _ = ray_loop(run_config(data, root, "update", a.epochs, a.workers[-1], 1))
+        hist, _ = ray_loop(run_config(data, root, "update", a.epochs, a.workers[-1], 1, a.gpu))
         for m in hist:
             share = m["codebook_update_seconds"] / (m["epoch_seconds"] + m["codebook_update_seconds"])
             print(f"epoch {m['epoch']}: codebook update {m['codebook_update_seconds']:.2f}s = "
