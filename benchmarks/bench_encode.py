@@ -87,7 +87,6 @@ def make_checkpoint(url: Path, encoder: str = "mlp") -> None:
 
 
 def plain(ckpt: Path, x: np.ndarray, batch: int = 256) -> float:
-    from eval.encode import codes_of
     from trainer.checkpoint_io import load_inference
 
     model = load_inference(str(ckpt))
@@ -96,13 +95,12 @@ def plain(ckpt: Path, x: np.ndarray, batch: int = 256) -> float:
     with torch.no_grad():
         for i in range(0, len(xt), batch):
             f = model.embed(xt[i:i + batch])
-            codes_of(model, f)
+            model.encode_embeddings(f)
     return len(x) / (time.perf_counter() - t)
 
 
 def plain_images(ckpt: Path, jpgs: list[bytes], size: int, batch: int = 64) -> float:
     """The same model over images already decoded and transformed in memory."""
-    from eval.encode import codes_of
     from shards.images import decode_rgb
     from shards.transforms import eval_transform
     from trainer.checkpoint_io import load_inference
@@ -112,7 +110,7 @@ def plain_images(ckpt: Path, jpgs: list[bytes], size: int, batch: int = 64) -> f
     t = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(xt), batch):
-            codes_of(model, model.embed(xt[i:i + batch]))
+            model.encode_embeddings(model.embed(xt[i:i + batch]))
     return len(xt) / (time.perf_counter() - t)
 
 

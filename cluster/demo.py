@@ -32,7 +32,8 @@ STAGES = ("data", "tags", "train", "encode", "evaluate")
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"                 # everything the demo writes, under the repo by default
-    config: str = "configs/digits_demo.yaml"      # the training config the train jobs start from
+    config: str = "configs/digits_demo.yaml"   # the training config the train jobs start from
+    tags_config: str = "configs/tags_demo.yaml"  # tag semantics settings (co-occurrence vectors: see its header)
     workers: int = 2                       # Ray Train workers per training run
     head_cpus: int = 4                     # logical CPUs of the local head (over-declared on purpose)
     bits: list[int] = field(default_factory=lambda: [8, 16, 24, 32])
@@ -82,6 +83,12 @@ class Pipeline:
                                               f"method.feature_epochs={epochs // 2}"]))
         return out
 
+    def tag_dim(self) -> int:
+        """The tag embeddings' dimension, which the encoder's output must match."""
+        from trainer.tags import TagSemantics
+
+        return TagSemantics.load(str(self.tags)).dim
+
     def config_epochs(self) -> int:
         from trainer.config import load
         from trainer.run_config import RunConfig
@@ -118,7 +125,7 @@ class Pipeline:
         if self.done("tags", self.tags / "semantics.json"):
             return
         self.job("tags", [["-m", "trainer.tags", "build", "--shards", str(self.data / "train"),
-                           "--out", str(self.tags)]])
+                           "--out", str(self.tags), "--config", str(REPO / self.cfg.tags_config)]])
 
     def stage_train(self) -> None:
         for name, overrides in self.models():
@@ -128,6 +135,7 @@ class Pipeline:
                     f"data.train={self.data / 'train'}", f"data.tags={self.tags}",
                     f"storage.path={self.runs}", f"storage.name={name}",
                     f"scaling.num_workers={self.cfg.workers}", f"training.seed={self.cfg.seed}",
+                    f"method.embed_dim={self.tag_dim()}",
                     *overrides, *self.cfg.train_overrides]
             if self.cfg.epochs is not None:
                 argv.append(f"training.epochs={self.cfg.epochs}")
@@ -202,8 +210,15 @@ class Pipeline:
         return all((self.codes / n / "train" / "codes_manifest.json").exists() for n, _ in self.models())
 
 
+# Lines of Ray's and faiss's own chatter that bury the stages' progress lines in a followed log
+# (the full log stays available: `wsdhq ray logs <job id>`).
+NOISE = ("Reporting training result", "No module named 'faiss.swigfaiss_avx", "packaging.py:",
+         "working_dir.py:", "WebSocket closed for job", "please provide at least")
+
+
 def _indent(chunk: str) -> str:
-    return "".join(f"    | {line}\n" for line in chunk.splitlines())
+    return "".join(f"    | {line}\n" for line in chunk.splitlines()
+                   if line.strip() and not any(n in line for n in NOISE))
 
 
 def _headline(row: dict, convention: str) -> float:
@@ -230,7 +245,7 @@ def results_table(reports: dict, bits: list[int]) -> str:
     any_rep = next(iter(reports.values()))
     conv, k = any_rep["headline_convention"], any_rep["config"]["top_k"]
     rows = summary(reports)
-    head = f"| method | " + " | ".join(f"{b} bits" for b in bits) + " |"
+    head = "| method | " + " | ".join(f"{b} bits" for b in bits) + " |"
     lines = [f"mAP@{k} (AQD, queries without relevant items: {conv}; ties broken by database index)",
              "", head, "|---|" + "---|" * len(bits)]
     for label, by_bits in rows.items():

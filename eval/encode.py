@@ -48,7 +48,7 @@ class EncodeConfig:
     """How the corpus is encoded; ``gpus_per_actor`` < 0 means "1 when the cluster has GPUs"."""
 
     batch_size: int = 256
-    image_size: int = 224
+    image_size: int = 0  # 0: the size the encoder was trained at (the checkpoint's reader.image_size)
     features: bool = True  # store the float features f (needed for feature scoring and baselines)
     actors: int = 0  # 0: CPUs - 1 (at least 1)
     cpus_per_actor: float = 1.0
@@ -102,15 +102,6 @@ def prefetch(it, depth: int = 2):
         yield item
 
 
-def codes_of(model, f: torch.Tensor) -> torch.Tensor:
-    """Codes of already embedded ``f``: ``InferenceModel.encode`` without its second forward pass
-    (same ICM weights and fixed generator, so the codes are identical)."""
-    q = model.quantizer
-    if q.kind == "additive":
-        return q.encode(f.to(q.codebooks.device), model.icm_weights, generator=torch.Generator().manual_seed(0))
-    return q.encode(f)
-
-
 class ShardEncoder:
     """Loads the checkpoint once; ``encode_shard`` turns one input shard into one code file."""
 
@@ -121,6 +112,11 @@ class ShardEncoder:
         self.model = load_inference(checkpoint, self.device)
         self.cfg = cfg
         self.features_only = self.model.meta.get("encoder_config", {}).get("kind") == "mlp"
+        # Image encoders are fed the size they were trained at unless told otherwise: another size
+        # is a distribution the network never saw (and costs (size/trained)^2 more compute).
+        self.image_size = cfg.image_size or self.model.image_size
+        if not self.features_only and not self.image_size:
+            raise EncodeError(f"checkpoint {checkpoint} records no image_size: pass image_size=<pixels>")
 
     def _batches(self, url: str, offset: int, skips: Counter):
         from shards.images import decode_rgb
@@ -138,7 +134,7 @@ class ShardEncoder:
                         raise SampleError("missing_feat", f"{url}:{s['__key__']}: no feat.npy")
                     x = torch.from_numpy(np.asarray(s["feat"], dtype=np.float32))
                 else:
-                    x = eval_transform(decode_rgb(s["image"], f"{url}:{s['__key__']}"), self.cfg.image_size)
+                    x = eval_transform(decode_rgb(s["image"], f"{url}:{s['__key__']}"), self.image_size)
             except SampleError as exn:
                 skips[exn.reason] += 1
                 continue
@@ -159,7 +155,7 @@ class ShardEncoder:
         start = time.perf_counter()
         for k, i, lab, x in prefetch(self._batches(url, offset, skips), depth=2):
             f = self.model.embed(x.to(self.device))
-            c = codes_of(self.model, f)
+            c = self.model.encode_embeddings(f)
             keys += k
             index += i
             labels += lab

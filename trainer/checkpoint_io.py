@@ -30,6 +30,12 @@ class InferenceModel:
         self.encoder, self.quantizer, self.space, self.icm_weights, self.meta = (
             encoder, quantizer, space, icm_weights, meta)
 
+    @property
+    def image_size(self) -> int | None:
+        """Input size the encoder was trained at (None for feature encoders or old checkpoints)."""
+        size = self.meta.get("image_size") or self.meta.get("config", {}).get("reader", {}).get("image_size")
+        return int(size) if size else None
+
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         f = self.encoder(x)
@@ -66,14 +72,15 @@ def _read(dir_url: str, name: str) -> bytes:
         raise FileNotFoundError(f"checkpoint {dir_url}: missing {name}") from None
 
 
-def save_inference(dir_url: str, method, meta: dict) -> dict:
+def save_inference(dir_url: str, method, meta: dict, image_size: int | None = None) -> dict:
     """Write an inference checkpoint of ``method`` (a ``trainer.methods.Method``); ``meta`` adds
-    e.g. ``epoch`` and ``tag_semantics_hash``. Returns the meta written."""
+    e.g. ``epoch`` and ``tag_semantics_hash``; ``image_size`` is the input size the encoder was
+    trained at (encoders must be fed that size later). Returns the meta written."""
     q = method.quantizer
     full = {"method": method.cfg.name, "method_config": to_dict(method.cfg),
             "encoder_config": to_dict(method.encoder_cfg), "embed_dim": method.cfg.embed_dim,
             "code_bits": int(q.M * np.log2(q.K)), "M": q.M, "K": q.K, "quantizer_kind": q.kind,
-            "quantized": method.quantized_space, "icm_weights": None, **meta}
+            "quantized": method.quantized_space, "icm_weights": None, "image_size": image_size, **meta}
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}, buf)
     _write(dir_url, "model.pt", buf.getvalue())

@@ -366,7 +366,8 @@ def write_final(run: WorkerRun, state: TrainState) -> None:
     if not run.method.progressive:
         run.method.quantizer.codebooks = run.method.quantizer.codebooks.cpu()
     save_inference(final, run.method, {"config": to_dict(run.cfg), "epoch": state.epoch,
-                                       "step": state.step, "tag_semantics_hash": run.tag_semantics_hash})
+                                       "step": state.step, "tag_semantics_hash": run.tag_semantics_hash},
+                   image_size=run.cfg.reader.image_size)
     storage.write_bytes(storage.join(final, "metrics.json"), json.dumps(state.metrics, indent=2).encode())
     storage.write_bytes(storage.join(final, "training_curves.png"), plot_curves(state.metrics))
     print(f"final inference checkpoint and training_curves.png in {final}", flush=True)

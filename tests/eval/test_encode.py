@@ -164,3 +164,49 @@ def test_an_unreadable_code_file_is_encoded_again_on_rerun(tmp_path):
     run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True, log=lines.append)
     assert "2 already encoded, 1 to do" in lines[0]
     assert np.array_equal(load_code_set(tmp_path / "codes").codes, good)
+
+
+def _image_checkpoint(url, image_size):
+    from trainer.checkpoint_io import save_inference
+    from trainer.encoders import EncoderConfig
+    from trainer.methods import MethodConfig, build_method, label_embeddings
+
+    torch.manual_seed(0)
+    method = build_method(MethodConfig(name="wsdhq", embed_dim=8, M=2, K=16, seed=0),
+                          EncoderConfig(kind="small_cnn", width=4), label_embeddings(4, 8))
+    method.codebook_update([method.embed(torch.randn(64, 3, 12, 12))])
+    method.encoder.eval()
+    save_inference(str(url), method, {"tag_semantics_hash": "tags-a"}, image_size=image_size)
+
+
+def test_image_encoder_is_fed_the_size_it_was_trained_at(tmp_path):
+    """Regression: the job once decoded at a fixed 224 px whatever the training size."""
+    from shards.images import decode_rgb
+    from shards.manifest import Manifest
+    from shards.reader import iter_samples
+    from shards.transforms import eval_transform
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 20, 10)
+    _image_checkpoint(tmp_path / "ckpt", image_size=12)
+    run(tmp_path / "ckpt", corpus, tmp_path / "codes", EncodeConfig(batch_size=8), local=True, **QUIET)
+    model = load_inference(str(tmp_path / "ckpt"))
+    assert model.image_size == 12
+    imgs = [eval_transform(decode_rgb(s["image"], s["__key__"]), 12)
+            for url in Manifest.load(str(corpus)).shard_urls() for s in iter_samples(url)]
+    x = torch.stack(imgs)
+    assert x.shape == (20, 3, 12, 12)
+    cs = load_code_set(tmp_path / "codes")
+    assert np.array_equal(cs.codes, model.encode(x).numpy())
+    np.testing.assert_allclose(cs.feat, model.embed(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_image_checkpoint_without_a_recorded_size_is_refused_by_name(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 4, 4)
+    _image_checkpoint(tmp_path / "ckpt", image_size=None)
+    with pytest.raises(EncodeError, match=r"records no image_size: pass image_size=<pixels>"):
+        run(tmp_path / "ckpt", corpus, tmp_path / "codes", EncodeConfig(), local=True, **QUIET)
+    # an explicit size is accepted
+    m = run(tmp_path / "ckpt", corpus, tmp_path / "codes", EncodeConfig(image_size=12), local=True, **QUIET)
+    assert m["total"] == 4
