@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="sklearn digits (1797 real images) with simulated, seeded weak tags")
     p.add_argument("--seed", type=int, default=0, help="seed of the tag simulation")
+    p.add_argument("--features", action="store_true",
+                   help="also store feat.npy (the 64 pixel values / 16) for features mode")
     _sharding_args(p, demo.demo_sharding())
 
     p = sub.add_parser("from-manifest", help="a JSONL or CSV list: image path, tags, optional labels")
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args.sets, checksums=not args.sizes_only)
         sharding = _sharding(args)
         if args.cmd == "demo":
-            w = demo.convert_demo(args.out, demo.DemoConfig(seed=args.seed), sharding, args.overwrite)
+            w = demo.convert_demo(args.out, demo.DemoConfig(seed=args.seed, features=args.features), sharding,
+                                  args.overwrite)
         elif args.cmd == "from-manifest":
             w = generic.convert_list(args.manifest, args.out, sharding, args.tag_sep, args.source, args.overwrite)
         elif args.cmd == "from-folder":

@@ -50,6 +50,7 @@ class DemoConfig:
     untagged_prob: float = 0.1
     noise_mean: float = 1.5
     zipf_s: float = 1.1
+    features: bool = False  # also store feat.npy = the 64 pixel values / 16 (for features mode)
 
 
 def demo_sharding() -> ShardingConfig:
@@ -85,5 +86,7 @@ def convert_demo(out: str, cfg: DemoConfig | None = None, sharding: ShardingConf
     labels = [f"digit_{d}" for d in range(10)]
     with DatasetWriter(out, SOURCE, labels, sharding or demo_sharding(), overwrite) as writer:
         for i, (img, label) in enumerate(zip(digits.images, digits.target)):
-            writer.add(f"digits/{i:04d}", png_bytes(img), simulate_tags(int(label), rng, cfg), [labels[label]])
+            feat = (img.reshape(-1) / 16.0).astype(np.float32) if cfg.features else None
+            writer.add(f"digits/{i:04d}", png_bytes(img), simulate_tags(int(label), rng, cfg), [labels[label]],
+                       feat=feat)
     return writer
