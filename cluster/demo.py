@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -62,12 +64,17 @@ class Pipeline:
         self.reports = self.root / "reports"
 
     # ---- bookkeeping -------------------------------------------------------------------------
-    def done(self, stage: str, marker: Path) -> bool:
-        """Whether ``stage`` ("train wsdhq-8" belongs to stage "train") can be skipped."""
+    def done(self, stage: str, marker: Path, output: Path | None = None) -> bool:
+        """Whether ``stage`` ("train wsdhq-8" belongs to stage "train") can be skipped. A stage asked
+        to run again first loses its ``output``: the jobs resume from what they find (Ray Train by
+        run name, encode by code file), so stale output would otherwise be kept, not redone."""
         if stage.split()[0] in self.redo or "all" in self.redo:
+            if output is not None and output.exists():
+                _log(f"{stage}: removing {output} to run it again")
+                shutil.rmtree(output)
             return False
         if marker.exists():
-            _log(f"{stage}: already done ({marker.relative_to(self.root)}); --redo {stage} to run it again")
+            _log(f"{stage}: already done ({marker.relative_to(self.root)}); --redo {stage.split()[0]} runs it again")
             return True
         return False
 
@@ -112,7 +119,7 @@ class Pipeline:
 
     # ---- stages -------------------------------------------------------------------------------
     def stage_data(self) -> None:
-        if self.done("data", self.data / "database" / "manifest.json"):
+        if self.done("data", self.data / "database" / "manifest.json", self.data):
             return
         from shards.__main__ import main as shards_main
 
@@ -122,14 +129,14 @@ class Pipeline:
             raise SystemExit(f"demo: building the demo shards failed ({rc})")
 
     def stage_tags(self) -> None:
-        if self.done("tags", self.tags / "semantics.json"):
+        if self.done("tags", self.tags / "semantics.json", self.tags):
             return
         self.job("tags", [["-m", "trainer.tags", "build", "--shards", str(self.data / "train"),
                            "--out", str(self.tags), "--config", str(REPO / self.cfg.tags_config)]])
 
     def stage_train(self) -> None:
         for name, overrides in self.models():
-            if self.done(f"train {name}", self.runs / name / "final" / "meta.json"):
+            if self.done(f"train {name}", self.runs / name / "final" / "meta.json", self.runs / name):
                 continue
             argv = ["-m", "trainer.train", "--config", str(REPO / self.cfg.config),
                     f"data.train={self.data / 'train'}", f"data.tags={self.tags}",
@@ -144,7 +151,7 @@ class Pipeline:
     def stage_encode(self) -> None:
         for name, _ in self.models():
             out = self.codes / name
-            if self.done(f"encode {name}", out / "train" / "codes_manifest.json"):
+            if self.done(f"encode {name}", out / "train" / "codes_manifest.json", out):
                 continue
             ckpt = str(self.runs / name / "final")
             self.job(f"encode {name}", [
@@ -157,7 +164,7 @@ class Pipeline:
         reports = {}
         for name, _ in self.models():
             out = self.reports / name
-            if not self.done(f"evaluate {name}", out / "report.json"):
+            if not self.done(f"evaluate {name}", out / "report.json", out):
                 _log(f"evaluate {name}")
                 baselines = [] if name == "wsdhq_progressive" else self.cfg.baselines
                 rc = evaluate_main([
@@ -290,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if redo - {"all"}:  # a stage run again makes every later stage's output stale
         redo |= set(STAGES[min(STAGES.index(s) for s in redo - {"all"}):])
+    # A terminated demo still runs its `finally`: the Ray head it started must not outlive it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     Pipeline(cfg, redo, args.address).run()
     return 0
 

@@ -93,8 +93,13 @@ class LocalHead:
         port, dash = _free_port(), _free_port()
         self._temp_dir = tempfile.mkdtemp(prefix="wsdhq-ray-", dir="/tmp")  # short: socket paths
         ensure_token()
+        # The agents' ports default to fixed numbers (52365, ...): a second head on the machine
+        # (another test, a developer's head) would leave this one without a job agent.
+        agent_ports = [f"--{name}={_free_port()}" for name in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "ray-client-server-port")]
         self._proc = subprocess.Popen(
-            _start_cmd(port, dash, self.num_cpus, None, self._temp_dir, True), env=_token_env(),
+            _start_cmd(port, dash, self.num_cpus, None, self._temp_dir, True) + agent_ports, env=_token_env(),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.address = f"http://127.0.0.1:{dash}"
         deadline = time.monotonic() + self.startup_timeout_s
