@@ -287,6 +287,9 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     info = method.codebook_update([x], reduce=reduce, gather_sample=gather_sample)
     seconds = dist.all_reduce_max(time.perf_counter() - started)
     embed_seconds = dist.all_reduce_max(embedded - started)
+    if method.progressive:  # a one-off residual k-means start: no statistics were reduced
+        return {"codebook_update_seconds": seconds, "codebook_embed_seconds": embed_seconds,
+                "codebook_samples": int(info["samples"])}
 
     q = method.quantizer
     stats = CodebookStatistics.from_flat(reduced["stats"].cpu(), q.M, q.K, q.D)

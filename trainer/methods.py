@@ -54,6 +54,11 @@ class MethodConfig:
     softmax_gamma: float = 1.0  # soft-assignment temperature (code: 1; paper: "large")
     end_to_end: bool = False  # paper claim: L_Q also trains the network; False = code parity (C only)
     feature_epochs: int = 32  # epochs before L_Q switches on (DPQ: 32 of 64; lower it for short runs)
+    # How the progressive codebooks start. "random": DPQ's N(0, 0.01²) (code parity); "kmeans":
+    # residual k-means on the embeddings just before L_Q switches on (this project's choice: short
+    # weak-tag runs leave random codebooks nearly where they started); "auto": kmeans for
+    # wsdhq_progressive, random for dpq.
+    progressive_init: Literal["auto", "kmeans", "random"] = "auto"
     cls_weight: float = 0.1  # DPQ's λ on the classification loss
     multi_label: bool = True  # DPQ: sigmoid BCE (True) or softmax CE (single-label)
     seed: int = 0
@@ -211,10 +216,19 @@ class Method:
             opts.append(torch.optim.Adam(net.pq.parameters(), cfg.codebook_lr))
         return MethodOptimizer(opts, cfg)
 
+    @property
+    def kmeans_start(self) -> bool:
+        """Whether the progressive codebooks start from residual k-means (see ``progressive_init``)."""
+        init = self.cfg.progressive_init
+        return init == "kmeans" or (init == "auto" and self.cfg.name == "wsdhq_progressive")
+
     def needs_codebook_update(self, epoch: int) -> bool:
         """True after epoch ``epoch`` (0-based) for the alternating (additive) method: every
-        ``code_update_every`` epochs, as the authors' ``train_iter % (2·batches_per_epoch) == 0``."""
-        return not self.progressive and (epoch + 1) % self.cfg.code_update_every == 0
+        ``code_update_every`` epochs, as the authors' ``train_iter % (2·batches_per_epoch) == 0``.
+        For a progressive method with a k-means start: once, after the last feature-only epoch."""
+        if self.progressive:
+            return self.kmeans_start and epoch + 1 == max(self.cfg.feature_epochs, 1)
+        return (epoch + 1) % self.cfg.code_update_every == 0
 
     def codebook_update(self, feature_batches: Iterable[torch.Tensor],
                         reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
@@ -226,15 +240,15 @@ class Method:
         (all-gather: every rank must get the same rows, so every rank computes the same seeded k-means)
         and therefore iterates ``feature_batches`` twice: pass a list or a re-iterable.
         """
-        if self.progressive:
-            raise RuntimeError(f"method {self.cfg.name!r} trains its codebooks by gradient; "
-                               "codebook_update is for 'wsdhq'")
+        if self.progressive and not self.kmeans_start:
+            raise RuntimeError(f"method {self.cfg.name!r} trains its codebooks by gradient from a random "
+                               "start; codebook_update is for 'wsdhq' or method.progressive_init=kmeans")
         q, W = self.quantizer, self.icm_weights
         def read(b) -> torch.Tensor:
             t = torch.as_tensor(b).detach().float().to(q.codebooks.device)
-            return reading_target(t, self.cfg.quant_reading)
+            return t if self.progressive else reading_target(t, self.cfg.quant_reading)
 
-        if not q.is_trained:
+        if self.progressive or not q.is_trained:
             if iter(feature_batches) is feature_batches:
                 feature_batches = list(feature_batches)
             sample, n = [], 0
@@ -245,7 +259,13 @@ class Method:
                     break
             if not sample:
                 raise ValueError("codebook_update: feature_batches yielded no embeddings")
-            q.init_kmeans(gather_sample(torch.cat(sample)[: self.cfg.kmeans_sample]), self.cfg.seed)
+            rows = gather_sample(torch.cat(sample)[: self.cfg.kmeans_sample])
+            if self.progressive:  # gradient steps train them from here; no least-squares solve
+                q.fit(rows.cpu(), self.cfg.seed)
+                self.codebook_updates += 1
+                return {"codebook_updates": self.codebook_updates, "samples": int(len(rows)),
+                        "dead_codewords": 0}
+            q.init_kmeans(rows, self.cfg.seed)
         dev = q.codebooks.device
         W = W.to(dev)
         MK = q.M * q.K  # zeros on the codebooks' device: a rank without data still joins the reduce
