@@ -79,11 +79,12 @@ class OptimConfig:
 class MethodNet(nn.Module):
     """Every gradient-trained parameter in one module (what DDP wraps): encoder [+ progressive C]."""
 
-    def __init__(self, encoder: Encoder, pq: ProgressiveQuantizer | None, end_to_end: bool):
+    def __init__(self, encoder: Encoder, pq: ProgressiveQuantizer | None, end_to_end: bool, space: str = "f"):
         super().__init__()
         self.encoder = encoder
         self.pq = pq
         self.end_to_end = end_to_end
+        self.space = space  # what the progressive quantizer quantizes: "z" (sphere) or raw "f"
 
     def forward(self, x: torch.Tensor) -> dict:
         with_logits = self.encoder.classifier is not None
@@ -91,8 +92,9 @@ class MethodNet(nn.Module):
         f, logits = out if with_logits else (out, None)
         res = {"f": f} if logits is None else {"f": f, "logits": logits}
         if self.pq is not None:
-            soft, hard, codes = self.pq(f if self.end_to_end else f.detach())
-            res.update(soft=soft, hard=hard, codes=codes)
+            t = reading_target(f, "sphere") if self.space == "z" else f
+            soft, hard, codes = self.pq(t if self.end_to_end else t.detach())
+            res.update(t=t, soft=soft, hard=hard, codes=codes)
         return res
 
 
@@ -152,7 +154,11 @@ class Method:
             encoder = build_encoder(encoder_cfg, cfg.embed_dim)
         pq = ProgressiveQuantizer(cfg.embed_dim, cfg.M, cfg.K, cfg.softmax_gamma, seed=cfg.seed
                                   ) if self.progressive else None
-        self.net: nn.Module = MethodNet(encoder, pq, cfg.end_to_end)
+        # Codes and retrieval live on the sphere (z) under the paper's reading, for the progressive
+        # weak-tag variant too: the margin loss shapes only directions, so inner products on the raw
+        # tanh output f are dominated by its norm. DPQ keeps raw f, as its code does.
+        self.space = "z" if cfg.name != "dpq" and cfg.quant_reading == "sphere" else "f"
+        self.net: nn.Module = MethodNet(encoder, pq, cfg.end_to_end, self.space)
         self.quantizer = pq if self.progressive else AdditiveQuantizer(
             cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -185,7 +191,8 @@ class Method:
             total = total + l_cls
             terms["cls"] = l_cls.item()
         if self.progressive:
-            d_soft, d_hard, jcl = progressive_distortions(f if self.cfg.end_to_end else f.detach(),
+            t = out["t"]
+            d_soft, d_hard, jcl = progressive_distortions(t if self.cfg.end_to_end else t.detach(),
                                                           out["soft"], out["hard"])
             l_q = self.cfg.tau * (d_soft + self.cfg.mu * d_hard + self.cfg.nu * jcl)
             on = 1.0 if epoch >= self.cfg.feature_epochs else 0.0  # x0 keeps C in the graph for DDP
@@ -288,7 +295,7 @@ class Method:
     @property
     def quantized_space(self) -> str:
         """Which vectors codes and retrieval use: "z" (sphere reading) or "f" (raw tanh output)."""
-        return "z" if not self.progressive and self.cfg.quant_reading == "sphere" else "f"
+        return self.space
 
     def inference(self) -> InferenceModel:
         """The encode-time view (shares the encoder and quantizer; no copy)."""

@@ -41,3 +41,13 @@ def test_dpq_keeps_its_random_start_unless_asked():
     with pytest.raises(RuntimeError, match="progressive_init=kmeans"):
         m.codebook_update([torch.randn(20, 8)])
     assert _method("dpq", progressive_init="kmeans").needs_codebook_update(1)
+
+
+def test_wsdhq_progressive_quantizes_and_retrieves_on_the_sphere_and_dpq_on_raw_f():
+    x = torch.randn(40, 12, generator=torch.Generator().manual_seed(1))
+    wp, dpq = _method("wsdhq_progressive"), _method("dpq")
+    assert (wp.quantized_space, dpq.quantized_space) == ("z", "f")
+    torch.testing.assert_close(wp.embed(x).norm(dim=1), torch.ones(40))
+    assert not torch.allclose(dpq.embed(x).norm(dim=1), torch.ones(40))
+    out = wp.net(x)  # the progressive quantizer sees the unit-norm z, not f
+    torch.testing.assert_close(out["t"], out["f"] / out["f"].norm(dim=1, keepdim=True))
