@@ -47,6 +47,10 @@ class MethodConfig:
     ridge: float = 1e-3
     code_update_every: int = 2  # epochs between codebook updates (authors: 2)
     kmeans_sample: int = 20000  # rows per rank for the first (k-means) initialisation
+    # Dead codewords after a solve: "reseed" from the worst-coded rows of the gathered sample (this
+    # project's choice: restoring them lets a codebook collapse as the encoder moves) or "restore"
+    # their previous values (the authors' code).
+    dead_codewords: Literal["reseed", "restore"] = "reseed"
     # progressive (dpq, wsdhq_progressive)
     tau: float = 1.0
     mu: float = 1.0
@@ -244,8 +248,9 @@ class Method:
         ICM codes -> statistics -> ``reduce`` (all-reduce sum of the flat float64 vector) -> solve.
 
         The first call initialises the codebooks by block k-means on ``gather_sample(local sample)``
-        (all-gather: every rank must get the same rows, so every rank computes the same seeded k-means)
-        and therefore iterates ``feature_batches`` twice: pass a list or a re-iterable.
+        (all-gather: every rank must get the same rows, so every rank computes the same seeded k-means);
+        with ``dead_codewords="reseed"`` every call gathers that sample to re-seed dead codewords from
+        it. Such calls iterate ``feature_batches`` twice: pass a list or a re-iterable.
         """
         if self.progressive and not self.kmeans_start:
             raise RuntimeError(f"method {self.cfg.name!r} trains its codebooks by gradient from a random "
@@ -255,7 +260,8 @@ class Method:
             t = torch.as_tensor(b).detach().float().to(q.codebooks.device)
             return t if self.progressive else reading_target(t, self.cfg.quant_reading)
 
-        if self.progressive or not q.is_trained:
+        rows = None
+        if self.progressive or not q.is_trained or self.cfg.dead_codewords == "reseed":
             if iter(feature_batches) is feature_batches:
                 feature_batches = list(feature_batches)
             sample, n = [], 0
@@ -272,7 +278,8 @@ class Method:
                 self.codebook_updates += 1
                 return {"codebook_updates": self.codebook_updates, "samples": int(len(rows)),
                         "dead_codewords": 0}
-            q.init_kmeans(rows, self.cfg.seed)
+            if not q.is_trained:
+                q.init_kmeans(rows, self.cfg.seed)
         dev = q.codebooks.device
         W = W.to(dev)
         MK = q.M * q.K  # zeros on the codebooks' device: a rank without data still joins the reduce
@@ -287,9 +294,13 @@ class Method:
             raise ValueError("codebook_update: no embeddings on any rank (feature_batches was empty; "
                              "a generator cannot be iterated twice on the first call)")
         dead = q.solve(stats)
+        reseeded = 0
+        if self.cfg.dead_codewords == "reseed":
+            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.codebook_updates)
+            reseeded = q.reseed_dead(dead, rows, W, generator=g)
         self.codebook_updates += 1
         return {"codebook_updates": self.codebook_updates, "samples": int(stats.n),
-                "dead_codewords": int(dead.sum())}
+                "dead_codewords": int(dead.sum()), "reseeded": reseeded}
 
     # ---- inference -----------------------------------------------------------------------------
     @property

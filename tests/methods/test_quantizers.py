@@ -303,3 +303,26 @@ def test_icm_restarts_keep_each_samples_best_code(weighted):
         runs.append(err(icm_encode(x, C, V, 3, rg)))
     torch.testing.assert_close(err(many), torch.stack(runs).min(0).values, rtol=1e-12, atol=1e-9)
     assert torch.all(err(many) <= err(one) + 1e-9) and float(err(many).sum()) < float(err(one).sum())
+
+
+def test_dead_codewords_are_reseeded_from_the_worst_coded_rows_as_their_residuals():
+    g = torch.Generator().manual_seed(5)
+    q = AdditiveQuantizer(3, num_codebooks=2, codebook_size=4)
+    q.codebooks = torch.randn(2, 4, 3, generator=g)
+    q.is_trained = True
+    x = torch.randn(50, 3, generator=g) * 3
+    old = q.codebooks.clone()
+    codes = q.encode(x, generator=torch.Generator().manual_seed(0)).long()
+    err = ((x - q.decode(codes)) ** 2).sum(1)
+    worst = torch.argsort(err, descending=True, stable=True)
+    dead = torch.zeros(2, 4, dtype=torch.bool)
+    dead[0, 2] = dead[1, 1] = True
+    assert q.reseed_dead(dead, x, generator=torch.Generator().manual_seed(0)) == 2
+    i, j = worst[0], worst[1]  # (0, 2) takes the worst row, (1, 1) the next
+    torch.testing.assert_close(q.codebooks[0, 2], x[i] - old[1, codes[i, 1]])
+    torch.testing.assert_close(q.codebooks[1, 1], x[j] - old[0, codes[j, 0]])
+    live = ~dead
+    assert torch.equal(q.codebooks[live], old[live])
+    # the worst row is now exactly reconstructable: codeword (0, 2) with its old codebook-1 word
+    torch.testing.assert_close(q.codebooks[0, 2] + q.codebooks[1, codes[i, 1]], x[i])
+    assert q.reseed_dead(torch.zeros(2, 4, dtype=torch.bool), x) == 0

@@ -123,6 +123,34 @@ class AdditiveQuantizer(Quantizer):
         self.is_trained = True
         return dead
 
+    def reseed_dead(self, dead: torch.Tensor, sample: Any, weights: Any = None,
+                    generator: torch.Generator | None = None) -> int:
+        """Re-seed dead codewords from the worst-coded rows of ``sample``; returns how many.
+
+        Restoring a dead codeword's previous value (the authors' policy, what ``solve`` does) leaves
+        it where the features were when it died; as the encoder moves, such codewords are never
+        chosen again and a codebook collapses (measured: 25 of 256 live at 8 bits on the demo).
+        Here dead codeword (m, k) takes a distinct row i among the highest-error rows and becomes the
+        residual that row needs from codebook m: x_i − Σ_{m'≠m} c_{m', b_im'}. The result depends
+        only on the codebooks and ``sample``, so ranks holding the same gathered sample stay equal.
+        """
+        dead = torch.as_tensor(dead, dtype=torch.bool).cpu()
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        x = self._check_x(sample).to(self.codebooks.device)
+        codes = self.encode(x, weights, generator=generator).long()
+        recon = self.decode(codes)
+        err = ((x - recon) ** 2).sum(1)
+        worst = torch.argsort(err.cpu(), descending=True, stable=True)
+        m_idx, k_idx = dead.nonzero(as_tuple=True)
+        rows = worst[torch.arange(n_dead) % len(worst)].to(x.device)
+        m_dev, k_dev = m_idx.to(x.device), k_idx.to(x.device)
+        C = self.codebooks.clone()
+        C[m_dev, k_dev] = x[rows] - recon[rows] + self.codebooks[m_dev, codes[rows, m_dev]]
+        self.codebooks = C
+        return n_dead
+
     def fit(self, x: Any, iterations: int = 10, weights: Any = None, seed: int = 0) -> "AdditiveQuantizer":
         """Single-process training: k-means init, then ``iterations`` × (ICM encode, LS solve)."""
         x = self._check_x(x)
