@@ -47,9 +47,12 @@ class MethodConfig:
     ridge: float = 1e-3
     code_update_every: int = 2  # epochs between codebook updates (authors: 2)
     kmeans_sample: int = 20000  # rows per rank for the first (k-means) initialisation
-    # Dead codewords after a solve: "reseed" from the worst-coded rows of the gathered sample (this
-    # project's choice: restoring them lets a codebook collapse as the encoder moves) or "restore"
-    # their previous values (the authors' code).
+    # ICM + least-squares alternations per codebook update (the authors: 1).
+    codebook_iters: int = 2
+    # Dead codewords after a solve that is not the update's last: "reseed" from the worst-coded rows
+    # of the gathered sample, then refit by the next solve (this project's choice: restoring them lets
+    # a codebook collapse as the encoder moves) or "restore" their previous values (the authors' code;
+    # the last solve of an update always restores, so no codeword is left unfitted).
     dead_codewords: Literal["reseed", "restore"] = "reseed"
     # progressive (dpq, wsdhq_progressive)
     tau: float = 1.0
@@ -260,8 +263,14 @@ class Method:
             t = torch.as_tensor(b).detach().float().to(q.codebooks.device)
             return t if self.progressive else reading_target(t, self.cfg.quant_reading)
 
+        iters = self.cfg.codebook_iters
+        reseed = self.cfg.dead_codewords == "reseed" and iters > 1
+        if iters < 1:
+            raise ValueError(f"method.codebook_iters must be >= 1, got {iters}")
+        if iters > 1 and iter(feature_batches) is feature_batches:
+            feature_batches = list(feature_batches)
         rows = None
-        if self.progressive or not q.is_trained or self.cfg.dead_codewords == "reseed":
+        if self.progressive or not q.is_trained or reseed:
             if iter(feature_batches) is feature_batches:
                 feature_batches = list(feature_batches)
             sample, n = [], 0
@@ -283,21 +292,22 @@ class Method:
         dev = q.codebooks.device
         W = W.to(dev)
         MK = q.M * q.K  # zeros on the codebooks' device: a rank without data still joins the reduce
-        stats = CodebookStatistics(torch.zeros(MK, MK, dtype=torch.float64, device=dev),
-                                   torch.zeros(MK, q.D, dtype=torch.float64, device=dev), 0)
-        for b in feature_batches:
-            t = read(b)
-            stats = stats + q.statistics(t, q.encode(t, W, generator=self.generator))
-        flat = reduce(stats.flatten())
-        stats = CodebookStatistics.from_flat(flat, q.M, q.K, q.D)
-        if stats.n == 0:
-            raise ValueError("codebook_update: no embeddings on any rank (feature_batches was empty; "
-                             "a generator cannot be iterated twice on the first call)")
-        dead = q.solve(stats)
         reseeded = 0
-        if self.cfg.dead_codewords == "reseed":
-            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.codebook_updates)
-            reseeded = q.reseed_dead(dead, rows, W, generator=g)
+        for it in range(iters):
+            stats = CodebookStatistics(torch.zeros(MK, MK, dtype=torch.float64, device=dev),
+                                       torch.zeros(MK, q.D, dtype=torch.float64, device=dev), 0)
+            for b in feature_batches:
+                t = read(b)
+                stats = stats + q.statistics(t, q.encode(t, W, generator=self.generator))
+            flat = reduce(stats.flatten())
+            stats = CodebookStatistics.from_flat(flat, q.M, q.K, q.D)
+            if stats.n == 0:
+                raise ValueError("codebook_update: no embeddings on any rank (feature_batches was empty; "
+                                 "a generator cannot be iterated twice on the first call)")
+            dead = q.solve(stats)
+            if reseed and it + 1 < iters:  # the next solve refits what is re-seeded here
+                g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.codebook_updates * 31 + it)
+                reseeded += q.reseed_dead(dead, rows, W, generator=g)
         self.codebook_updates += 1
         return {"codebook_updates": self.codebook_updates, "samples": int(stats.n),
                 "dead_codewords": int(dead.sum()), "reseeded": reseeded}

@@ -81,8 +81,9 @@ def test_quantization_gradient_reaches_the_encoder_and_never_the_fixed_codebooks
     assert torch.equal(m.quantizer.codebooks, before)
 
 
-def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedule(weak_set):
-    m = _wsdhq(weak_set)
+@pytest.mark.parametrize("iters, policy", [(1, "restore"), (2, "reseed"), (3, "reseed")])
+def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedule(weak_set, iters, policy):
+    m = _wsdhq(weak_set, codebook_iters=iters, dead_codewords=policy)
     assert [e for e in range(6) if m.needs_codebook_update(e)] == [1, 3, 5]
     assert not any(_dpq(weak_set).needs_codebook_update(e) for e in range(6))
     feats = [m.embed(weak_set.x[i:i + 100]) for i in range(0, 600, 100)]
@@ -94,8 +95,27 @@ def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedu
 
     info = m.codebook_update(feats, reduce=reduce)
     M, K, D = 2, 16, 16
-    assert calls == [torch.Size([(M * K) ** 2 + M * K * D + 1])]
-    assert info == {"codebook_updates": 1, "samples": 1200, "dead_codewords": 0}
+    assert calls == [torch.Size([(M * K) ** 2 + M * K * D + 1])] * iters  # one all-reduce per ICM+LS round
+    assert info == {"codebook_updates": 1, "samples": 1200, "dead_codewords": 0, "reseeded": 0}
+
+
+def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_killed(weak_set):
+    """Codebooks fitted to one feature cloud, then updated on the cloud after the encoder moved
+    (shifted along a fixed direction): most codewords are never chosen again. Restoring them (the
+    authors) keeps them dead; re-seeding between ICM+LS rounds brings them back."""
+    before = _wsdhq(weak_set).embed(weak_set.x)
+    shift = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(7)), dim=0)
+    after = torch.nn.functional.normalize(before + 1.5 * shift, dim=1)
+    live = {}
+    for policy in ("restore", "reseed"):
+        m = build_method(MethodConfig(name="wsdhq", embed_dim=16, M=2, K=64, codebook_iters=3,
+                                      dead_codewords=policy), ENC, weak_set.V)
+        m.codebook_update([before])
+        info = m.codebook_update([after])
+        codes = m.quantizer.encode(after, m.icm_weights, generator=torch.Generator().manual_seed(0))
+        live[policy] = sum(len(torch.unique(codes[:, j])) for j in range(2))
+        assert (info["reseeded"] > 0) == (policy == "reseed"), info
+    assert live["reseed"] >= live["restore"] + 20, live
 
 
 def test_first_codebook_update_needs_embeddings_and_names_the_problem(weak_set):
