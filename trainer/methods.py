@@ -47,8 +47,10 @@ class MethodConfig:
     ridge: float = 1e-3
     code_update_every: int = 2  # epochs between codebook updates (authors: 2)
     kmeans_sample: int = 20000  # rows per rank for the first (k-means) initialisation
-    # ICM + least-squares alternations per codebook update (the authors: 1).
-    codebook_iters: int = 2
+    # ICM + least-squares rounds per codebook update (the authors: 1). More rounds with re-seeding
+    # helped at 8 bits on the digits demo (mAP 0.280 -> 0.368) and hurt at 16-32 bits (~0.30 ->
+    # ~0.19: 512-1024 full-dimensional codewords over-fit 1,233 samples); docs/methods.md.
+    codebook_iters: int = 1
     # Dead codewords after a solve that is not the update's last: "reseed" from the worst-coded rows
     # of the gathered sample, then refit by the next solve (this project's choice: restoring them lets
     # a codebook collapse as the encoder moves) or "restore" their previous values (the authors' code;
