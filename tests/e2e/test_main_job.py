@@ -46,7 +46,7 @@ def demo_run(tmp_path_factory):
 def test_main_job_writes_a_finite_report_where_wsdhq_beats_random_codes(demo_run):
     results = json.loads((demo_run / "results.json").read_text())
     assert set(results) == {"WSDHQ", "WSDHQ-progressive", "faiss PQ", "random codes"}
-    assert sorted(results["WSDHQ-progressive"]) == ["16", "24", "32", "8"]
+    assert sorted(results["WSDHQ-progressive"], key=int) == ["8", "16"]  # one model, every prefix of max(bits)
     for name in ("wsdhq-16", "wsdhq_progressive"):
         report = json.loads((demo_run / "reports" / name / "report.json").read_text())
         bad = [(p, v) for p, v in _numbers(report) if not math.isfinite(v)]
@@ -65,12 +65,12 @@ def test_progressive_codes_decode_consistently_at_every_prefix(demo_run):
     from eval.codes import load_code_set
 
     cs = load_code_set(str(demo_run / "codes" / "wsdhq_progressive" / "database"))
-    assert cs.kind == "progressive" and cs.M == 4 and cs.codes.dtype == np.uint8
+    assert cs.kind == "progressive" and cs.M == 2 and cs.codes.dtype == np.uint8  # max(bits)=16
     cb = np.asarray(cs.codebooks, dtype=np.float64)
     from eval.scoring import decode
 
     previous = np.zeros((len(cs), cb.shape[-1]))
-    for level in range(1, 5):
+    for level in range(1, cs.M + 1):
         full = np.asarray(decode(cs.codes[:, :level], cs.codebooks), dtype=np.float64)
         np.testing.assert_allclose(full, previous + cb[level - 1][cs.codes[:, level - 1]], atol=1e-5)
         previous = full
