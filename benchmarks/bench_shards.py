@@ -13,8 +13,8 @@ workers) so the figures compare per-core work:
 * S3 (moto server on 127.0.0.1): ``iter_samples`` over ``s3://`` shards vs ``get_object`` +
   ``tarfile``. Moto serves from Python in the same process, so absolute S3 figures are moto's.
 
-No-decode and S3 figures are the best of ``--repeats`` runs, plain and reader alternating; the decode
-pair runs once.
+Every pair is the best of ``--repeats`` runs, plain and reader alternating, so both sides see the
+same machine load and neither alone pays first-call warm-up.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def main() -> None:
     print(row("plain tarfile loop (no decode)", *base, nbytes))
     print(row("reader iter_samples (no decode)", *reader, nbytes, base))
     base, reader = _pair(lambda: plain_tar(urls, True, args.image_size),
-                         lambda: reader_batches(set_url, args.image_size), 1)
+                         lambda: reader_batches(set_url, args.image_size), args.repeats)
     print(row("plain tarfile + PIL decode + transform", *base, nbytes))
     print(row("reader make_loader (decode, eval transform)", *reader, nbytes, base))
 
