@@ -134,7 +134,8 @@ class ShardEncoder:
                         raise SampleError("missing_feat", f"{url}:{s['__key__']}: no feat.npy")
                     x = torch.from_numpy(np.asarray(s["feat"], dtype=np.float32))
                 else:
-                    x = eval_transform(decode_rgb(s["image"], f"{url}:{s['__key__']}"), self.image_size)
+                    x = eval_transform(decode_rgb(s["image"], f"{url}:{s['__key__']}", min_side=self.image_size),
+                                      self.image_size)
             except SampleError as exn:
                 skips[exn.reason] += 1
                 continue

@@ -45,8 +45,16 @@ def probe_image(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS, f
     return ext
 
 
-def decode_rgb(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_rgb(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_side: int | None = None) -> Image.Image:
+    """RGB pixels. With ``min_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
+    that keeps both sides >= ``min_side`` (Pillow's ``draft``): when the next step shrinks the
+    shorter side to ``min_side`` anyway, this skips most of the decoding work (measured: the encode
+    job went from 0.79 to 0.85 of the plain forward pass on 2 cores, docs/eval.md) at no cost in the
+    final size. Training augmentation decodes in full: its random crops need the pixels."""
     img = _open(data, where, max_pixels)
+    if min_side and img.format == "JPEG":
+        img.draft("RGB", (min_side, min_side))
     try:
         return img.convert("RGB")
     except Exception as exn:

@@ -198,8 +198,9 @@ class _SlotStream(IterableDataset):
         if self.cfg.features_only:
             return s
         where = f"{s['__url__']}:{s['__key__']}"
-        img = decode_rgb(s.pop("image"), where, self.cfg.max_pixels)
-        if self.train and self.cfg.augment:
+        augment = self.train and self.cfg.augment  # random crops need the full pixels
+        img = decode_rgb(s.pop("image"), where, self.cfg.max_pixels, None if augment else self.cfg.image_size)
+        if augment:
             s["image"] = train_transform(img, self.cfg.image_size, gen, self.cfg.crop_scale)
         else:
             s["image"] = eval_transform(img, self.cfg.image_size)
