@@ -4,7 +4,7 @@ Stages, each skipped when its output already exists (``--redo`` names stages to 
   data      demo shards (sklearn digits, simulated weak tags): train / query / database shard sets
   tags      tag semantics artifact (a Ray job: distributed counting, vectors, DBSCAN merge)
   train     WSDHQ at 8/16/24/32 bits (one additive model each) and WSDHQ-progressive (one model,
-            every length), each a Ray job running Ray Train with ``--workers`` DDP workers
+            every length), each a Ray job running Ray Train with ``workers=`` DDP workers (default 2)
   encode    a separate Ray job per model: query, database and train sets -> code sets
   evaluate  mAP tables against faiss PQ / OPQ / RQ / LSQ and random codes, merged into one table
 
