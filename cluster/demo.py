@@ -16,6 +16,7 @@ own unpacked copy of the working directory.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -90,8 +91,9 @@ class Pipeline:
                                               f"method.feature_epochs={epochs // 2}"]))
         return out
 
+    @functools.cached_property
     def tag_dim(self) -> int:
-        """The tag embeddings' dimension, which the encoder's output must match."""
+        """The tag embeddings' dimension, which the encoder's output must match (loaded once)."""
         from trainer.tags import TagSemantics
 
         return TagSemantics.load(str(self.tags)).dim
@@ -142,7 +144,7 @@ class Pipeline:
                     f"data.train={self.data / 'train'}", f"data.tags={self.tags}",
                     f"storage.path={self.runs}", f"storage.name={name}",
                     f"scaling.num_workers={self.cfg.workers}", f"training.seed={self.cfg.seed}",
-                    f"method.embed_dim={self.tag_dim()}",
+                    f"method.embed_dim={self.tag_dim}",
                     *overrides, *self.cfg.train_overrides]
             if self.cfg.epochs is not None:
                 argv.append(f"training.epochs={self.cfg.epochs}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -59,15 +58,12 @@ def _k(cfg: EvaluateConfig, n: int) -> int:
 
 
 def shard_keys(shard_set: str) -> set[str]:
-    """Every key of a shard set, from the tar member names (no decoding)."""
+    """Every key of a shard set (only the small tags.json members are read)."""
     from shards.manifest import Manifest
+    from shards.reader import iter_samples
 
-    keys: set[str] = set()
-    for url in Manifest.load(shard_set).shard_urls():
-        with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                keys.add(member.name.split(".", 1)[0])  # keys hold no dots (docs/interfaces.md)
-    return keys
+    return {s["__key__"] for url in Manifest.load(shard_set).shard_urls()
+            for s in iter_samples(url, fields=["tags.json"])}
 
 
 def check_disjoint(query: CodeSet, db: CodeSet, train_keys: set[str] | None) -> dict:
@@ -210,22 +206,22 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
 
 
 def shard_images(shard_set: str, keys: set[str], size: int = 96) -> dict[str, np.ndarray]:
-    """Thumbnails of the given keys, found by scanning a shard set's tars (first image field per key)."""
+    """Thumbnails of the given keys, found by scanning a shard set (image members only)."""
     from shards.images import decode_rgb
     from shards.manifest import Manifest
+    from shards.reader import iter_samples
     from shards.schema import IMAGE_EXTS
 
     found: dict[str, np.ndarray] = {}
     for url in Manifest.load(shard_set).shard_urls():
         if len(found) == len(keys):
             break
-        with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if key in keys and key not in found and ext in IMAGE_EXTS:
-                    img = decode_rgb(tar.extractfile(member).read(), f"{url}:{key}")
-                    img.thumbnail((size, size))
-                    found[key] = np.asarray(img)
+        for s in iter_samples(url, fields=IMAGE_EXTS):
+            key = s["__key__"]
+            if key in keys and key not in found:
+                img = decode_rgb(s["image"], f"{url}:{key}")
+                img.thumbnail((size, size))
+                found[key] = np.asarray(img)
     return found
 
 

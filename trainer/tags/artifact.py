@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -132,27 +131,15 @@ def _json(obj) -> bytes:
 
 
 def _write(url: str, name: str, data: bytes) -> None:
-    if url.startswith("s3://"):
-        from shards import storage
+    from shards import storage  # atomic locally (temp + rename), one put on S3
 
-        storage.write_bytes(storage.join(url, name), data)
-        return
-    path = Path(url) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    storage.write_bytes(storage.join(url, name), data)
 
 
 def _read(url: str, name: str) -> bytes:
-    if url.startswith("s3://"):
-        from shards import storage
+    from shards import storage
 
-        target = storage.join(url, name)
-        if not storage.exists(target):
-            raise ArtifactError(f"{url}: tag-semantics artifact has no {name}")
-        return storage.read_bytes(target)
-    path = Path(url) / name
-    if not path.is_file():
-        raise ArtifactError(f"{url}: tag-semantics artifact has no {name}")
-    return path.read_bytes()
+    try:
+        return storage.read_bytes(storage.join(url, name))
+    except FileNotFoundError:
+        raise ArtifactError(f"{url}: tag-semantics artifact has no {name}") from None
