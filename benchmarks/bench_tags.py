@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {len(urls)} | {label} | {sec:.2f} | {n / sec:,.0f} | {base / sec:.2f}x |")
     ray.shutdown()
     print()
-    print(f"| synthetic Zipf corpus | raw tags seen | vocab nnz of co-occurrence | peak traced MiB |")
+    print("| synthetic Zipf corpus | raw tags seen | vocab nnz of co-occurrence | peak traced MiB |")
     print("|---|---|---|---|")
     for vocab in (10_000, 100_000):
         mib, raw, nnz = peak_memory(args.memory_images, vocab)

@@ -12,7 +12,7 @@ def markdown(report: dict) -> str:
     k = cfg["top_k"]
     pks = [p for p in map(str, cfg["precision_at"]) if all(p in r["metrics"]["precision_at"] for r in report["rows"])]
     lines = [
-        f"# Retrieval report", "",
+        "# Retrieval report", "",
         f"- query codes: `{report['query']['url']}` ({report['query']['items']} items)",
         f"- database codes: `{report['database']['url']}` ({report['database']['items']} items)",
         f"- checkpoint: `{report['checkpoint']}`; tag semantics hash `{report['tag_semantics_hash']}`",

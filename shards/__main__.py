@@ -33,7 +33,7 @@ def _sharding(a: argparse.Namespace) -> ShardingConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shards.converters import demo, generic, laion, mirflickr, nuswide
+    from shards.converters import demo, generic, laion
 
     parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)

@@ -127,7 +127,7 @@ def test_first_codebook_update_needs_embeddings_and_names_the_problem(weak_set):
 def test_one_process_wsdhq_fit_beats_random_codes_by_a_clear_margin(weak_set):
     torch.manual_seed(0)
     m = _trained_wsdhq(weak_set, epochs=8)
-    q, db = m.embed(weak_set.x[600:]), m.embed(weak_set.x[:600])
+    q = m.embed(weak_set.x[600:])
     codes = m.encode(weak_set.x[:600])
     assert codes.dtype == torch.uint8 and codes.shape == (600, 2)
     learned = aqd_map(q, m.quantizer.decode(codes), weak_set.labels[600:], weak_set.labels[:600])

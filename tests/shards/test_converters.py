@@ -11,7 +11,7 @@ import webdataset as wds
 from shards.__main__ import main
 from shards.converters.generic import convert_folder, convert_list
 from shards.converters.laion import LaionConfig, caption_tags, convert_laion
-from shards.converters.mirflickr import convert_matrix, convert_original
+from shards.converters.mirflickr import convert_original
 from shards.converters.nuswide import convert_nuswide
 from shards.manifest import Manifest
 from shards.reader import ReaderConfig, iter_samples, make_loader

@@ -76,7 +76,7 @@ def render_report(sem: "TagSemantics") -> tuple[str, bytes]:
     """report.md text and tag_frequency.png bytes for an artifact."""
     st = sem.stats
     sizes = st.get("sizes", {})
-    lines = [f"# Tag semantics report", "", f"content hash `{sem.hash}`", "",
+    lines = ["# Tag semantics report", "", f"content hash `{sem.hash}`", "",
              "## Sizes at each step", "", "| step | tags |", "|---|---|"]
     for k, label in [("raw_tags", "raw distinct tags after normalisation"),
                      ("vocab_tags", "vocabulary (min_count, max_vocab)"),
