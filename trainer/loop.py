@@ -326,14 +326,17 @@ def epoch_record(run: WorkerRun, state: TrainState, epoch: int, terms: dict[str,
 # ---- checkpoint, report, final -----------------------------------------------------------------
 
 def save_and_report(run: WorkerRun, state: TrainState, record: dict[str, Any]) -> None:
-    """Every rank reports once per epoch; rank 0 writes the checkpoint (every rank with DeepSpeed)."""
+    """Every rank reports once per epoch; rank 0 writes the checkpoint (every rank with DeepSpeed)
+    every ``storage.checkpoint_every`` epochs and at the last (the same decision on every rank)."""
     import ray.train
 
-    rng = dist.all_gather_object({"global": checkpointing.rng_state(),
-                                  "icm": run.method.generator.get_state()})
-    state.rng = rng
+    every = run.cfg.storage.checkpoint_every
+    checkpoint = state.epoch % every == 0 or state.epoch == run.cfg.training.epochs
     directory = None
-    if run.rank == 0 or run.engine is not None:
+    if checkpoint:
+        state.rng = dist.all_gather_object({"global": checkpointing.rng_state(),
+                                            "icm": run.method.generator.get_state()})
+    if checkpoint and (run.rank == 0 or run.engine is not None):
         directory = Path(tempfile.mkdtemp(prefix=f"wsdhq-ckpt-e{state.epoch}-r{run.rank}-"))
         if run.engine is not None:  # collective: every rank writes its ZeRO shard
             run.engine.save_checkpoint(str(directory / checkpointing.DEEPSPEED_DIR), tag=f"epoch{state.epoch}")

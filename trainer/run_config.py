@@ -53,6 +53,9 @@ class StorageConfig:
     path: str = "runs"
     name: str = "wsdhq"
     keep_checkpoints: int = 2
+    # Epochs between checkpoints (and the last epoch always). 1 for long epochs; raise it when an
+    # epoch is shorter than writing one (a recovery then repeats up to checkpoint_every - 1 epochs).
+    checkpoint_every: int = 1
 
 
 @dataclass

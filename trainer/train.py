@@ -44,6 +44,8 @@ def preflight(cfg: RunConfig) -> dict:
         raise ConfigError(f"training.epochs: must be >= 1, got {cfg.training.epochs}")
     if cfg.scaling.num_workers < 0:
         raise ConfigError(f"scaling.num_workers: must be >= 0, got {cfg.scaling.num_workers}")
+    if cfg.storage.checkpoint_every < 1:
+        raise ConfigError(f"storage.checkpoint_every: must be >= 1, got {cfg.storage.checkpoint_every}")
     try:
         manifest = Manifest.load(cfg.data.train)
     except (OSError, ValueError) as e:

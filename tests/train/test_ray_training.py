@@ -74,15 +74,22 @@ def _assert_same_run(loaded, reference):
         assert got["quantization_error"] == pytest.approx(want["quantization_error"], rel=1e-5)
 
 
+@pytest.mark.parametrize("every, kept", [(1, [1, 2, 3]), (2, [2, 3])])
 def test_a_worker_killed_mid_epoch_restarts_from_the_last_checkpoint_and_repeats_the_uninterrupted_run(
-        reference_run, digits_features, tmp_path):
+        reference_run, digits_features, tmp_path, every, kept):
+    # checkpoint_every=2: no checkpoint exists when epoch 1 fails, so the group restarts from scratch
     cfg = run_config(digits_features, tmp_path, "killed", "training.epochs=3", "scaling.num_workers=2",
-                     "debug.fail_at_epoch=1", "debug.fail_rank=1", "failure.max_failures=1")
-    _, loaded = _fit(cfg)
+                     "debug.fail_at_epoch=1", "debug.fail_rank=1", "failure.max_failures=1",
+                     f"storage.checkpoint_every={every}", "storage.keep_checkpoints=5")
+    result, loaded = _fit(cfg)
     # the failure really happened (once), on rank 1 in epoch 1
     assert (tmp_path / "killed" / "debug-failed-at-epoch-1").is_file()
     assert loaded.state.epoch == 3
     _assert_same_run(loaded, reference_run)
+    epochs = []
+    for d in Path(result.path).glob("checkpoint_20*"):
+        epochs.append(checkpointing.load(d).state.epoch)
+    assert sorted(epochs) == kept
 
 
 def test_rerunning_a_run_name_resumes_it_from_s3_and_a_new_name_starts_fresh(
