@@ -22,6 +22,8 @@ def _sharding_args(p: argparse.ArgumentParser, defaults: ShardingConfig) -> None
     g.add_argument("--split-seed", type=int, default=defaults.split_seed)
     g.add_argument("--database-excludes-train", action="store_true",
                    help="database = non-query non-train items (default: database includes train)")
+    g.add_argument("--train-needs-tags", action="store_true",
+                   help="untagged items never go to train (they stay in the database)")
     g.add_argument("--no-validate-images", action="store_true", help="check image headers only, not pixels")
     g.add_argument("--overwrite", action="store_true", help="replace existing shard sets under --out")
 
@@ -29,7 +31,8 @@ def _sharding_args(p: argparse.ArgumentParser, defaults: ShardingConfig) -> None
 def _sharding(a: argparse.Namespace) -> ShardingConfig:
     return ShardingConfig(max_count=a.max_count, max_bytes=a.max_bytes, query_fraction=a.query_fraction,
                           train_fraction=a.train_fraction, database_includes_train=not a.database_excludes_train,
-                          split_seed=a.split_seed, validate_images=not a.no_validate_images)
+                          split_seed=a.split_seed, validate_images=not a.no_validate_images,
+                          train_needs_tags=a.train_needs_tags)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mirflickr-matrix", help="MIRFLICKR-25K matrix form (tag BoW + label matrices, npz)")
     p.add_argument("npz", help="e.g. ../shared/data/mirflickr25k_real/subset1000_with_images.npz")
     p.add_argument("--images", default=None, help="image folder (default: paths in the npz, beside it)")
+    p.add_argument("--features", action="store_true",
+                   help="also store feat.npy = a fixed colour/texture descriptor (shards.descriptors) for "
+                        "features mode, a stand-in where no pretrained backbone is available")
     _sharding_args(p, ShardingConfig(max_count=1000))
 
     p = sub.add_parser("nuswide", help="NUS-WIDE: image list + tag list + concept label files")
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "mirflickr":
             w = mirflickr.convert_original(args.root, args.out, sharding, args.tags, args.overwrite)
         elif args.cmd == "mirflickr-matrix":
-            w = mirflickr.convert_matrix(args.npz, args.out, sharding, args.images, args.overwrite)
+            w = mirflickr.convert_matrix(args.npz, args.out, sharding, args.images, args.overwrite,
+                                          args.features)
         elif args.cmd == "nuswide":
             w = nuswide.convert_nuswide(args.root, args.out, sharding, args.images, args.overwrite)
         else:

@@ -38,6 +38,8 @@ class ShardingConfig:
     ``query`` with probability ``query_fraction``, else to ``train`` with probability
     ``train_fraction`` (of all keys), and every non-query key goes to ``database`` when
     ``database_includes_train`` (the retrieval protocol of the methods) else only the rest does.
+    ``train_needs_tags``: an untagged item drawn for ``train`` goes to ``database`` only (weak
+    supervision has nothing to learn from it; e.g. MIRFLICKR images outside the tagged Cleared-Set).
     """
 
     max_count: int = 1000
@@ -48,6 +50,7 @@ class ShardingConfig:
     split_seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     validate_images: bool = True
+    train_needs_tags: bool = False
 
     def __post_init__(self):
         if not (0 < self.query_fraction < 1 and 0 < self.train_fraction and
@@ -57,12 +60,12 @@ class ShardingConfig:
         if self.max_count < 1 or self.max_bytes < 1:
             raise ValueError("max_count and max_bytes must be positive")
 
-    def splits_of(self, key: str) -> tuple[str, ...]:
+    def splits_of(self, key: str, tagged: bool = True) -> tuple[str, ...]:
         u = int.from_bytes(hashlib.blake2b(f"{self.split_seed}:{key}".encode(), digest_size=8).digest(),
                            "big") / 2.0 ** 64
         if u < self.query_fraction:
             return ("query",)
-        if u < self.query_fraction + self.train_fraction:
+        if u < self.query_fraction + self.train_fraction and (tagged or not self.train_needs_tags):
             return ("train", "database") if self.database_includes_train else ("train",)
         return ("database",)
 
@@ -158,7 +161,7 @@ class DatasetWriter:
         try:
             ext = probe_image(image, where, self.cfg.max_pixels, full=self.cfg.validate_images)
             sample = encode_sample(key, image, ext, tags, labels, caption, feat)
-            for split in self.cfg.splits_of(key):
+            for split in self.cfg.splits_of(key, tagged=bool(tags)):
                 self.writers[split].write(sample)
         except SampleError as exn:
             self.skip(exn.reason, str(exn))

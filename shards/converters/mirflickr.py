@@ -19,7 +19,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from shards import descriptors
 from shards.writer import DatasetWriter, ShardingConfig
 
 _IM = re.compile(r"^im(\d+)\.jpg$")
@@ -68,7 +70,8 @@ def convert_original(root: str, out: str, sharding: ShardingConfig | None = None
 
 
 def convert_matrix(npz: str, out: str, sharding: ShardingConfig | None = None, images: str | None = None,
-                   overwrite: bool = False) -> DatasetWriter:
+                   overwrite: bool = False, features: bool = False) -> DatasetWriter:
+    """``features``: also store ``feat.npy`` = ``shards.descriptors.colour_texture`` of each image."""
     path = Path(npz)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: npz not found")
@@ -85,8 +88,9 @@ def convert_matrix(npz: str, out: str, sharding: ShardingConfig | None = None, i
                          f"image_id {image_ids.shape}, concepts {len(concepts)}")
     img_root = Path(images) if images is not None else path.parent
     tag_names = [f"tag_{j:04d}" for j in range(tags.shape[1])]
-    with DatasetWriter(out, f"MIRFLICKR-25K matrix form ({path.name}; tag names tag_0000..tag_{tags.shape[1] - 1:04d})",
-                      concepts, sharding, overwrite) as w:
+    source = f"MIRFLICKR-25K matrix form ({path.name}; tag names tag_0000..tag_{tags.shape[1] - 1:04d}"
+    source += f"; feat.npy = {descriptors.NAME})" if features else ")"
+    with DatasetWriter(out, source, concepts, sharding, overwrite) as w:
         for row in range(len(tags)):
             n = int(image_ids[row])
             img = img_root / files[row] if files is not None else img_root / f"im{n}.jpg"
@@ -95,6 +99,11 @@ def convert_matrix(npz: str, out: str, sharding: ShardingConfig | None = None, i
             except OSError:
                 w.skip("missing_image_file", f"{path} row {row}: {img} not readable")
                 continue
+            try:
+                feat = descriptors.colour_texture_of(data) if features else None
+            except (OSError, ValueError, Image.DecompressionBombError) as exn:
+                w.skip("corrupt_image", f"{img}: not a decodable image ({type(exn).__name__})")
+                continue
             w.add(f"mirflickr/im{n}", data, [tag_names[j] for j in np.flatnonzero(tags[row])],
-                  [concepts[j] for j in np.flatnonzero(labels[row])], where=str(img))
+                  [concepts[j] for j in np.flatnonzero(labels[row])], feat=feat, where=str(img))
     return w

@@ -216,3 +216,48 @@ def test_real_mirflickr_subset_matrix_form_converts_and_reads_back(mirflickr_rea
     keys = [k for b in loader for k in b["key"]]
     assert sorted(keys) == sorted(q) and not loader.skips
     assert len(loader) == len(list(loader)) == -(-((len(q) + 1) // 2) // 50) + -(-(len(q) // 2) // 50)
+
+
+@pytest.mark.real_data
+def test_real_mirflickr_with_features_trains_on_tagged_images_only_and_stores_the_descriptor(mirflickr_real,
+                                                                                            tmp_path):
+    from PIL import Image
+
+    from shards import descriptors
+
+    out = tmp_path / "mir"
+    assert main(["mirflickr-matrix", str(mirflickr_real / "subset1000_with_images.npz"), "--out", str(out),
+                 "--features", "--query-fraction", "0.2", "--train-fraction", "0.8", "--train-needs-tags",
+                 "--max-count", "200", "--no-validate-images"]) == 0
+    split = {name: {s["__key__"]: s for url in Manifest.load(str(out / name)).shard_urls()
+                    for s in iter_samples(url, fields=["tags.json", "feat.npy"])}
+             for name in ("train", "query", "database")}
+    # the fixed split of docs/results.md: every tagged non-query image trains, untagged ones never do
+    assert (len(split["train"]), len(split["query"]), len(split["database"])) == (575, 213, 787)
+    assert all(s["tags"] for s in split["train"].values())
+    tagged_db = {k for k, s in split["database"].items() if s["tags"]}
+    assert set(split["train"]) == tagged_db and len(split["database"]) - len(tagged_db) == 212
+    assert not set(split["query"]) & set(split["database"])
+    sample = split["query"].get("mirflickr/im4") or split["database"]["mirflickr/im4"]
+    want = descriptors.colour_texture(Image.open(mirflickr_real / "images_256" / "im4.jpg"))
+    assert sample["feat"].dtype == np.float32 and sample["feat"].shape == (descriptors.DIM,)
+    np.testing.assert_array_equal(sample["feat"], want)
+    assert "colour-texture-v1" in Manifest.load(str(out / "train")).source
+
+
+def test_colour_texture_descriptor_blocks_are_unit_norm_and_see_colour_and_orientation():
+    from PIL import Image
+
+    from shards import descriptors
+
+    red = np.zeros((40, 60, 3), np.uint8)
+    red[..., 0] = 250
+    d = descriptors.colour_texture(Image.fromarray(red))
+    hist, layout, hog = d[:512], d[512:704], d[704:]
+    assert [round(float(np.linalg.norm(b)), 5) for b in (hist, layout)] == [1.0, 1.0]
+    assert hist[7 * 64] == pytest.approx(1.0) and not hog.any()  # one colour bin (r=7, g=b=0), no edges
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::8] = 255  # vertical edges: horizontal gradients, orientation bin 0
+    h = descriptors.colour_texture(Image.fromarray(stripes))[704:].reshape(16, 8)
+    assert h[:, 0].min() > 0 and np.allclose(h[:, 1:], 0) and np.linalg.norm(h) == pytest.approx(1.0)
+    assert descriptors.colour_texture_of(png(1)).shape == (descriptors.DIM,)

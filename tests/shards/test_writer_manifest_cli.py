@@ -73,6 +73,10 @@ def test_split_assignment_is_deterministic_and_seeded():
     n_train = sum("train" in s for s in a)
     assert 330 < n_query < 470 and 900 < n_train < 1100  # binomial(2000, .2) and (2000, .5), > 4 sigma
     assert all(("train" not in s) or ("database" in s) for s in a)
+    # train_needs_tags: an untagged key drawn for train stays in the database only
+    strict = ShardingConfig(query_fraction=0.2, train_fraction=0.5, train_needs_tags=True)
+    assert [strict.splits_of(k) for k in keys] == a
+    assert [strict.splits_of(k, tagged=False) for k in keys] == [("database",) if "train" in s else s for s in a]
 
 
 def test_empty_split_gets_a_manifest_with_no_shards(tmp_path):
