@@ -12,7 +12,11 @@ MLP encoder (in 256 -> hidden 512 -> f 64, M=4 x K=256 additive codes, ICM 3 swe
 - ``--images N``: also N synthetic 256-px JPEGs through the image path (decode, centre crop to
   ``--image-size``, ``--encoder`` resnet18 by default) against the same model on tensors already
   decoded and transformed in memory;
-- peak memory: each job runs in a fresh subprocess that prints its own ``ru_maxrss``.
+- peak memory: each job runs in a fresh subprocess that prints its own ``ru_maxrss``;
+- ``--profile`` (with ``--images N``): the image path's per-image CPU cost, stage by stage, each
+  timed alone in one thread (best of ``--repeat``), the forward pass with 1 and 2 torch threads, and
+  the ratio those costs allow on this machine's cores: f / (f + d), with f the forward pass's CPU
+  time per image (2 threads x its wall time: both cores busy) and d the reading thread's.
 """
 from __future__ import annotations
 
@@ -114,6 +118,71 @@ def plain_images(ckpt: Path, jpgs: list[bytes], size: int, batch: int = 64) -> f
     return len(xt) / (time.perf_counter() - t)
 
 
+def _best_us(fn, n: int, repeat: int) -> float:
+    """Best-of-``repeat`` microseconds per item of ``fn()`` (which handles ``n`` items)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best / n * 1e6
+
+
+def profile_images(ckpt: Path, corpus: Path, size: int, repeat: int, batch: int = 64) -> dict:
+    """Per-image microseconds of each stage of the job's image path, each alone in this thread."""
+    from collections import Counter
+
+    from eval.codes import pack_code_file
+    from shards.images import decode_rgb
+    from shards.manifest import Manifest
+    from shards.reader import raw_samples
+    from shards.schema import decode_fields
+    from shards.transforms import eval_pixels, normalise_batch
+    from trainer.checkpoint_io import load_inference
+
+    urls = Manifest.load(str(corpus)).shard_urls()
+    samples = [decode_fields(raw, need_image=True) for u in urls for _, raw in raw_samples(u, Counter())]
+    n = len(samples)
+    imgs = [decode_rgb(s["image"], "bench", min_side=size) for s in samples]
+    pix = [eval_pixels(im, size) for im in imgs]
+    batches = [np.stack(pix[i:i + batch]) for i in range(0, n, batch)]
+    model = load_inference(str(ckpt))
+    xs = [normalise_batch(torch.from_numpy(b)) for b in batches]
+    threads = torch.get_num_threads()
+    us: dict[str, float] = {}
+    torch.set_num_threads(1)  # the reading thread's share, as the job runs it: one core
+    us["tar read + fields"] = _best_us(lambda: [decode_fields(raw, need_image=True) for u in urls
+                                                for _, raw in raw_samples(u, Counter())], n, repeat)
+    us["jpeg decode (draft)"] = _best_us(lambda: [decode_rgb(s["image"], "b", min_side=size) for s in samples],
+                                         n, repeat)
+    us["resize + crop (eval_pixels)"] = _best_us(lambda: [eval_pixels(im, size) for im in imgs], n, repeat)
+    us["stack uint8 batch"] = _best_us(lambda: [np.stack(pix[i:i + batch]) for i in range(0, n, batch)],
+                                       n, repeat)
+    reading = sum(us.values())
+    us["normalise batch (1 thread)"] = _best_us(lambda: [normalise_batch(torch.from_numpy(b)) for b in batches],
+                                                n, repeat)
+    with torch.no_grad():
+        f = torch.cat([model.embed(x) for x in xs])
+        c = np.asarray(model.encode_embeddings(f), np.uint8)
+    us["pack code file"] = _best_us(lambda: pack_code_file([s["__key__"] for s in samples], np.arange(n), c,
+                                                           [s["labels"] for s in samples], f.numpy()), n, repeat)
+
+    def forward():
+        with torch.no_grad():
+            for x in xs:
+                model.encode_embeddings(model.embed(x))
+
+    for t in (1, 2):
+        torch.set_num_threads(t)
+        us[f"forward, {t} torch thread{'s' if t > 1 else ''} (wall)"] = _best_us(forward, n, repeat)
+    torch.set_num_threads(threads)
+    fwd_cpu = 2 * us["forward, 2 torch threads (wall)"]
+    d = reading + us["normalise batch (1 thread)"] + us["pack code file"]
+    return {"us_per_image": {k: round(v, 1) for k, v in us.items()}, "reading_thread_us": round(reading, 1),
+            "job_extra_us": round(d, 1), "forward_cpu_us": round(fwd_cpu, 1),
+            "bound_2_shared_cores": round(fwd_cpu / (fwd_cpu + d), 3)}
+
+
 JOB = """
 import resource, sys, time
 from eval.encode import EncodeConfig, run
@@ -144,12 +213,16 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=0, help="also an image-mode run over N synthetic JPEGs")
     p.add_argument("--encoder", default="resnet18", help="image-mode encoder kind")
     p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--profile", action="store_true", help="per-stage image-path costs (needs --images)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
         tmp = Path(tmp)
         if a.images:
             make_checkpoint(tmp / "ckpt-img", a.encoder)
             jpgs = make_image_corpus(tmp / "images", a.images)
+            if a.profile:
+                print(json.dumps(profile_images(tmp / "ckpt-img", tmp / "images", a.image_size, a.repeat), indent=1))
+                return
             base, rate = 0.0, 0.0
             for r in range(a.repeat):
                 base = max(base, plain_images(tmp / "ckpt-img", jpgs, a.image_size))

@@ -1,8 +1,16 @@
 """Image tensors for the encoder, in pure torch (torchvision is not a dependency of wsdhq).
 
-Train: random resized crop (area ``scale``, aspect 3/4..4/3, as torchvision's) + horizontal flip.
-Eval: resize the shorter side to ``size`` then center crop. Both end ImageNet-normalised float32.
-Resizing is ``F.interpolate(bilinear, antialias=True)``; randomness comes from a seeded generator.
+Train: random resized crop (area ``scale``, aspect 3/4..4/3, as torchvision's) + horizontal flip,
+resized by ``F.interpolate(bilinear, antialias=True)`` in float; randomness from a seeded generator.
+Eval: resize the shorter side to ``size`` then center crop, by Pillow (``eval_pixels``: bilinear,
+antialiased when shrinking, the filter torch's ``antialias=True`` reproduces) into uint8, then
+``normalise_batch``. Both end ImageNet-normalised float32 (B/C, H, W).
+
+Why eval goes through uint8 pixels: the per-image work then stays in Pillow (one C call that
+releases the GIL, no torch op that could start its own OpenMP team in a reading thread) and the
+float conversion + normalisation runs once per batch, vectorised, where the model runs (on the
+GPU when there is one, after a 4x smaller copy). Rounding the resized pixels to uint8 moves each
+by at most 1/255 of intensity against the float resize (tested).
 """
 from __future__ import annotations
 
@@ -68,5 +76,22 @@ def train_transform(img: Image.Image, size: int, gen: torch.Generator,
     return normalise(x)
 
 
+def eval_pixels(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> uint8 (size, size, 3): shorter side resized to ``size``, centre crop."""
+    w, h = img.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.asarray(img)[top:top + size, left:left + size]
+
+
+def normalise_batch(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> ImageNet-normalised float32 (B, 3, H, W), contiguous."""
+    x = pixels.permute(0, 3, 1, 2).contiguous().float().mul_(1 / 255)
+    return x.sub_(IMAGENET_MEAN.to(x.device)).div_(IMAGENET_STD.to(x.device))
+
+
 def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
-    return normalise(center_crop_resize(to_tensor(img), size))
+    return normalise_batch(torch.from_numpy(np.array(eval_pixels(img, size)))[None])[0]

@@ -1,3 +1,4 @@
+import io
 import os
 import signal
 import subprocess
@@ -210,3 +211,105 @@ def test_image_checkpoint_without_a_recorded_size_is_refused_by_name(tmp_path):
     # an explicit size is accepted
     m = run(tmp_path / "ckpt", corpus, tmp_path / "codes", EncodeConfig(image_size=12), local=True, **QUIET)
     assert m["total"] == 4
+
+
+def _jpeg(rng, w: int, h: int) -> bytes:
+    """A photo-like JPEG: smooth colour field plus fine noise (so resizing has detail to filter)."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 90 * np.sin(xx / 13.0 + c) * np.cos(yy / 9.0 - c) for c in range(3)], -1)
+    rgb = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _grey_levels_off(img, size) -> np.ndarray:
+    """|eval_pixels - the float resize (torch antialias) + crop the eval path used before|, in grey
+    levels. Pillow's two passes (horizontal, vertical) each round to uint8: at most ~1 level."""
+    from shards.transforms import center_crop_resize, eval_pixels, to_tensor
+
+    ref = center_crop_resize(to_tensor(img), size).permute(1, 2, 0).numpy() * 255
+    return np.abs(eval_pixels(img, size).astype(np.float32) - ref)
+
+
+ONE_GREY_LEVEL = 1.001  # float32 slack on the reference
+
+
+def test_eval_transform_is_within_one_grey_level_of_the_float_resize_and_batches_equal_it_exactly():
+    from shards.images import decode_rgb
+    from PIL import Image
+
+    from shards.transforms import eval_pixels, eval_transform, normalise, normalise_batch, to_tensor
+
+    rng = np.random.default_rng(0)
+    # shrink (landscape, portrait, 1/2 DCT draft), no resize (short side = size), enlarge
+    cases = [(340, 256, 64, 64), (150, 230, 48, None), (96, 64, 64, None), (40, 30, 56, None)]
+    singles, pixels = [], []
+    for w, h, size, draft in cases:
+        img = decode_rgb(_jpeg(rng, w, h), "x", min_side=draft)
+        x = eval_transform(img, size)
+        assert x.shape == (3, size, size) and x.dtype == torch.float32
+        off = _grey_levels_off(img, size)
+        assert off.max() <= ONE_GREY_LEVEL and off.mean() < 0.4, (w, h, size, off.max(), off.mean())
+        # normalised exactly as the train path normalises its pixels
+        assert torch.equal(x, normalise(to_tensor(Image.fromarray(eval_pixels(img, size)))))
+        if size == 64:
+            singles.append(x)
+            pixels.append(eval_pixels(img, size))
+    # the job's per-batch normalisation gives exactly the reader's per-image tensors
+    assert torch.equal(normalise_batch(torch.from_numpy(np.stack(pixels))), torch.stack(singles))
+    # no resize needed: the pixels are the image's own (centre crop of the longer side only)
+    img = decode_rgb(_jpeg(rng, 96, 64), "x")
+    assert np.array_equal(eval_pixels(img, 64), np.asarray(img)[:, 16:80])
+
+
+@pytest.mark.real_data
+def test_eval_transform_on_real_photos_is_within_one_grey_level_of_the_float_resize(mirflickr_real):
+    from shards.images import decode_rgb
+
+    for k in range(1, 31):
+        img = decode_rgb((mirflickr_real / f"images_256/im{k}.jpg").read_bytes(), f"im{k}", min_side=112)
+        off = _grey_levels_off(img, 112)
+        assert off.max() <= ONE_GREY_LEVEL and off.mean() < 0.4, (k, off.max(), off.mean())
+
+
+def test_image_job_reads_across_shards_into_full_batches_and_equals_the_readers_eval_path(tmp_path):
+    """The job's batches span shard boundaries (the model only ever sees full batches) and its
+    codes equal the model on the reader's eval-mode tensors; a shard with no usable sample still
+    gets its (empty) code file and its skips counted."""
+    from eval.encode import ShardEncoder
+    from shards.manifest import Manifest
+    from shards.reader import ReaderConfig, make_loader
+    from shards.schema import encode_sample
+    from shards.writer import ShardSetWriter
+
+    rng = np.random.default_rng(1)
+    w = ShardSetWriter(str(tmp_path / "corpus"), "eval-test", "database", label_names=["a", "b"], max_count=5)
+    for i in range(18):
+        data = b"not a jpeg" if 5 <= i < 10 else _jpeg(rng, *[(120, 90), (90, 140), (64, 64)][i % 3])
+        w.write(encode_sample(f"k{i:03d}", data, "jpg", ["t"], ["a" if i % 2 else "b"]))
+    w.close()
+    _image_checkpoint(tmp_path / "ckpt", image_size=32)
+    source = Manifest.load(str(tmp_path / "corpus"))
+    todo = [(u, o, str(tmp_path / f"codes-{i}.npz")) for i, (u, o) in
+            enumerate(zip(source.shard_urls(), source.offsets()))]
+    enc = ShardEncoder(str(tmp_path / "ckpt"), EncodeConfig(batch_size=4))
+    sizes, embed = [], enc.model.embed
+    enc.model.embed = lambda x: sizes.append(len(x)) or embed(x)
+    entries = list(enc.encode_shards(todo))
+    assert sizes == [4, 4, 4, 1]  # 13 usable samples in shards of 5, 0, 5, 3
+    assert [e["rows"] for e in entries] == [5, 0, 5, 3]
+    assert [e["skipped"] for e in entries] == [{}, {"corrupt_image": 5}, {}, {}]
+    from eval.codes import read_code_file
+
+    got = [read_code_file(t[2], Path(t[2]).read_bytes()) for t in todo]
+    batch = next(iter(make_loader(str(tmp_path / "corpus"), ReaderConfig(batch_size=20, image_size=32,
+                                                                         num_workers=0), train=False)))
+    assert [k for d in got for k in d["key"].tolist()] == batch["key"]
+    assert [i for d in got for i in d["index"].tolist()] == batch["index"].tolist() == [0, 1, 2, 3, 4, *range(10, 18)]
+    model = load_inference(str(tmp_path / "ckpt"))
+    assert np.array_equal(np.concatenate([d["codes"] for d in got]), model.encode(batch["image"]).numpy())
+    np.testing.assert_allclose(np.concatenate([d["feat"] for d in got]), model.embed(batch["image"]).numpy(),
+                               rtol=1e-5, atol=1e-6)
