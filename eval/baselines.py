@@ -21,6 +21,10 @@ from eval.faiss_export import _faiss
 METHODS = ("pq", "opq", "residual", "lsq", "random")
 
 
+class BaselineError(ValueError):
+    """A baseline that cannot be trained on these inputs; the evaluation notes it and goes on."""
+
+
 @dataclass
 class BaselineConfig:
     """Which baselines to train and how hard (LSQ is the slow one)."""
@@ -77,6 +81,9 @@ def train_baseline(method: str, train: np.ndarray, db: np.ndarray, queries: np.n
         dp = d + pad
         xt, xb, xq = _pad(train, pad), _pad(db, pad), _pad(queries, pad)
         if method == "opq":
+            if len(xt) < dp:  # faiss's OPQ training corrupts memory (munmap_chunk abort) when n < d
+                raise BaselineError(f"opq: {len(xt)} training vectors for {dp} dimensions; OPQ needs at "
+                                    f"least as many vectors as dimensions (skipped)")
             opq = faiss.OPQMatrix(dp, m)
             opq.niter = cfg.opq_iters
             opq.train(xt)
@@ -94,6 +101,9 @@ def train_baseline(method: str, train: np.ndarray, db: np.ndarray, queries: np.n
         return BaselineCodes(method, cb.astype(np.float32), _unpack(codes_b, m, nbits),
                              _unpack(codes_q, m, nbits), pad)
     if method in ("residual", "lsq"):
+        if method == "residual" and len(train) <= d:  # its PCA initialisation needs n > d
+            raise BaselineError(f"residual: {len(train)} training vectors for {d} dimensions; faiss's residual "
+                                f"quantizer needs more vectors than dimensions (skipped)")
         if method == "residual":
             aq = faiss.ResidualQuantizer(d, m, nbits)
             aq.max_beam_size = cfg.rq_beam_size

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from eval import plots, report
-from eval.baselines import BaselineConfig, train_baseline
+from eval.baselines import BaselineConfig, BaselineError, train_baseline
 from eval.codes import CodeSet, CodeSetError, check_compatible, label_matrix, load_code_set
 from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
 from eval.scoring import AQDSearcher, decode, query_chunks, search_features
@@ -185,7 +185,12 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
             for m in prefixes:
                 for method in cfg.baselines.methods:
                     t = time.perf_counter()
-                    b = train_baseline(method, base, db.feat, qf, m, nbits, cfg.baselines)
+                    try:
+                        b = train_baseline(method, base, db.feat, qf, m, nbits, cfg.baselines)
+                    except BaselineError as exn:
+                        notes.append(str(exn))
+                        log(f"baseline {method} M={m}: {exn}")
+                        continue
                     log(f"trained {method} M={m} in {time.perf_counter() - t:.1f}s")
                     s = AQDSearcher(b.codebooks, b.db_codes, cfg.search_backend, cfg.db_chunk)
                     add(method, "aqd", m * nbits, lambda sl, b=b, s=s: s.search(b.pad_queries(qf[sl]), k))

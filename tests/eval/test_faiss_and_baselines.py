@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import pytest
 
-from eval.baselines import METHODS, BaselineConfig, train_baseline
+from eval.baselines import METHODS, BaselineConfig, BaselineError, train_baseline
 from eval.faiss_export import additive_index, export
 from eval.scoring import decode, lookup_tables, search_aqd
 
@@ -69,3 +69,13 @@ def test_pq_baseline_in_additive_form_decodes_like_faiss_pq():
 def test_unknown_baseline_is_named():
     with pytest.raises(ValueError, match="'itq'"):
         train_baseline("itq", np.zeros((10, 4), np.float32), np.zeros((1, 4)), np.zeros((1, 4)), m=2)
+
+
+def test_opq_and_residual_with_fewer_training_vectors_than_dimensions_are_refused_not_a_crash():
+    # faiss's OPQMatrix aborts the process (munmap_chunk) when trained on n < d vectors
+    x = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+    with pytest.raises(BaselineError, match="opq: 40 training vectors for 64 dimensions"):
+        train_baseline("opq", x, x[:5], x[:2], m=2)
+    with pytest.raises(BaselineError, match="residual: 40 training vectors for 64 dimensions"):
+        train_baseline("residual", x, x[:5], x[:2], m=2)
+    assert train_baseline("pq", x, x[:5], x[:2], m=2, nbits=4).db_codes.shape == (5, 2)
