@@ -18,6 +18,10 @@ import torch
 
 from eval.metrics import merge_top_k, top_k
 
+# Tied rows are re-ranked this many at a time: the exact routine's temporaries (partition indices,
+# masks, running counts) cost ~30 bytes per score, 2 GB for a 256-query x 262,144-item block at once.
+TIE_ROWS = 16
+
 
 def lookup_tables(queries: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     """(Q, M, K) inner products f_q · c_mk of queries (Q, D) with codebooks (M, K, D)."""
@@ -63,9 +67,10 @@ def _chunk_top_k(scores: torch.Tensor, k: int, offset: int) -> tuple[np.ndarray,
     s, i = vals[:, :k].numpy(), idx[:, :k].numpy().astype(np.int64)
     order = np.lexsort((i, -s), axis=1)
     s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1) + offset
-    if tied.any():
-        rows = np.flatnonzero(tied)
-        s[rows], i[rows] = top_k(scores.numpy()[rows], k, offset)
+    block, tied_rows = scores.numpy(), np.flatnonzero(tied)
+    for start in range(0, len(tied_rows), TIE_ROWS):
+        rows = tied_rows[start:start + TIE_ROWS]
+        s[rows], i[rows] = top_k(block[rows], k, offset)
     return s, i
 
 

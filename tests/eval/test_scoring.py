@@ -58,3 +58,14 @@ def test_faiss_backed_searcher_equals_the_torch_scan_also_with_massive_ties():
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
         brute = queries @ decode(codes, cb).T
         assert np.array_equal(a[1], np.argsort(-brute, axis=1, kind="stable")[:, :60])
+
+
+def test_tied_rows_reranked_in_batches_equal_the_full_stable_sort():
+    from eval.scoring import TIE_ROWS, AQDSearcher
+
+    # 8 distinct scores, 2.5 batches of tied query rows: every row goes through the exact routine
+    cb, codes, queries = _data(6, n=900, q=2 * TIE_ROWS + TIE_ROWS // 2, m=1, k=8)
+    ref = np.argsort(-(queries @ decode(codes, cb).T), axis=1, kind="stable")[:, :50]
+    for backend in ("torch", "faiss"):
+        _, i = AQDSearcher(cb, codes, backend, db_chunk=300).search(queries, 50)
+        assert np.array_equal(i, ref), backend
