@@ -16,13 +16,12 @@ in between is memory kept per sample, which a start-up peak can hide from ``ru_m
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import threading
 import time
 from pathlib import Path
 
-from benchmarks.scale.serving import IMG, conditions, in_fresh_process, report, rss_mb
+from benchmarks.scale.serving import IMG, by, conditions, finish, in_fresh_process, plot_slopes, report, rss_mb
 
 FEAT = 256  # benchmarks.bench_encode's MLP input width
 
@@ -79,7 +78,7 @@ def main(argv=None) -> None:
     from benchmarks.bench_encode import make_checkpoint
 
     p = argparse.ArgumentParser()
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="--local runs")
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000], help="--local runs")
     p.add_argument("--ray-sizes", type=int, nargs="*", default=[10_000, 100_000], help="1-actor Ray pool runs")
     p.add_argument("--work", default="/tmp/wsdhq-scale-encode", help="corpora and checkpoint (kept)")
     p.add_argument("--plot", default=str(IMG / "serve_encode.png"))
@@ -99,29 +98,19 @@ def main(argv=None) -> None:
             rows.append(report(in_fresh_process("benchmarks.scale.encode_job:encode", checkpoint=str(ckpt),
                                                 corpus=str(src), out=str(out), mode=mode)))
             shutil.rmtree(out, ignore_errors=True)
-    print(f"# done, {conditions()}")
-    if a.rows:
-        Path(a.rows).write_text(json.dumps(rows))
-    if a.plot:
-        plot(rows, a.plot)
+    finish(rows, a.rows, plot, a.plot)
 
 
 def plot(rows: list[dict], path: str) -> None:
-    from benchmarks.scale.loglog import plot_loglog
-
     series = {}
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        sel = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["n"])
+    for mode, sel in by(rows, "mode").items():
         n = [r["n"] for r in sel]
         series[f"{mode}: end-to-end s"] = (n, [r["end_to_end_s"] for r in sel])
         series[f"{mode}: job peak RSS MB"] = (n, [r["peak_rss_mb"] for r in sel])
         if mode == "ray":
             series["ray: actor peak RSS MB"] = (n, [r["actor_peak_rss_mb"] for r in sel])
-    slopes = plot_loglog(path, "Encode job (features mode) vs corpus size", "corpus size N (samples)",
-                         "seconds / MB", series)
-    for name, slope in slopes.items():
-        print(f"# slope vs N, {name}: {slope:.2f}")
-
+    plot_slopes(path, "Encode job (features mode) vs corpus size", "corpus size N (samples)", "seconds / MB",
+                series, "cost")
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.scale.serving import IMG, conditions, in_fresh_process, report, rss_mb
+from benchmarks.scale.serving import IMG, by, conditions, finish, in_fresh_process, plot_slopes, report, rss_mb
 
 D, M, K, LABELS, QUERIES, FILE_ROWS = 64, 4, 256, 24, 100, 100_000
 
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
                    help="database sizes for mAP@--k")
-    p.add_argument("--all-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+    p.add_argument("--all-sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
                    help="database sizes for mAP@all")
     p.add_argument("--k", type=int, default=1000)
     p.add_argument("--work", default="/tmp/wsdhq-scale-eval", help="where the code sets are written (kept)")
@@ -116,28 +116,18 @@ def main(argv=None) -> None:
                 print(f"# wrote {n:,} codes in {time.perf_counter() - t:.1f}s: {size / n:.1f} bytes/item on disk")
             rows.append(report(in_fresh_process("benchmarks.scale.evaluation:measure", query=str(work / "query"),
                                                 database=str(db), top_k=top_k)))
-    print(f"# done, {conditions()}")
-    if a.rows:
-        Path(a.rows).write_text(json.dumps(rows))
-    if a.plot:
-        plot(rows, a.plot)
+    finish(rows, a.rows, plot, a.plot)
 
 
 def plot(rows: list[dict], path: str) -> None:
-    from benchmarks.scale.loglog import plot_loglog
-
     series = {}
-    for top_k in dict.fromkeys(r["top_k"] for r in rows):
-        sel = sorted((r for r in rows if r["top_k"] == top_k), key=lambda r: r["n"])
+    for top_k, sel in by(rows, "top_k").items():
         n = [r["n"] for r in sel]
         series[f"mAP@{top_k}: evaluate s"] = (n, [r["evaluate_s"] for r in sel])
         series[f"mAP@{top_k}: load s"] = (n, [r["load_s"] for r in sel])
         series[f"mAP@{top_k}: peak RSS GB"] = (n, [r["peak_rss_mb"] / 1024 for r in sel])
-    slopes = plot_loglog(path, f"mAP evaluation ({QUERIES} queries) vs database size",
-                         "database size N (codes)", "seconds / GB", series)
-    for name, slope in slopes.items():
-        print(f"# slope vs N, {name}: {slope:.2f}")
-
+    plot_slopes(path, f"mAP evaluation ({QUERIES} queries) vs database size", "database size N (codes)",
+                "seconds / GB", series, "cost")
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.scale.serving import IMG, conditions, in_fresh_process, report, rss_mb
+from benchmarks.scale.serving import IMG, conditions, finish, in_fresh_process, plot_slopes, report, rss_mb
 
 D, K, TOP = 64, 256, 100
 
@@ -89,30 +89,29 @@ def main(argv=None) -> None:
     p.add_argument("--backends", nargs="+", default=["project", "project_torch", "faiss"])
     p.add_argument("--plot", default=str(IMG / "serve_search.png"))
     p.add_argument("--rows", help="also write the rows as JSON here (re-plot with --replot)")
+    p.add_argument("--queries", type=int, default=0,
+                   help="queries per point at every N (0: fewer as N grows, see queries_for); memory is "
+                        "O(queries x db_chunk), so compare memory across N at a fixed count")
     p.add_argument("--replot", help="only plot rows saved with --rows")
+    p.add_argument("--memory-rows", help="with --replot: rows (saved with --rows) for the memory plot")
     a = p.parse_args(argv)
     if a.replot:
-        return plot(json.loads(Path(a.replot).read_text()), a.plot)
+        rows = json.loads(Path(a.replot).read_text())
+        return plot(rows, a.plot, json.loads(Path(a.memory_rows).read_text()) if a.memory_rows else rows)
     print(f"# search scaling, {conditions()}; top-{TOP}, d={D}, K={K}")
     for m in a.m:
         for fd in (0, 64):
             print(f"# code file, M={m}, features {fd or 'off'}: "
                   f"{code_file_bytes_per_item(m, feat_dim=fd):.1f} bytes/item (codes alone: {m})")
-    rows = [report(in_fresh_process("benchmarks.scale.search:measure", n=n, m=m, backend=b))
+    rows = [report(in_fresh_process("benchmarks.scale.search:measure", n=n, m=m, backend=b, queries=a.queries))
             for n in a.sizes for m in a.m for b in a.backends]
-    print(f"# done, {conditions()}")
-    if a.rows:
-        Path(a.rows).write_text(json.dumps(rows))
-    if a.plot:
-        plot(rows, a.plot)
+    finish(rows, a.rows, plot, a.plot)
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, memory_rows: list[dict] | None = None) -> None:
     """Time per query (project searcher and faiss, every code length) and memory above the imports
     (every backend at 8 and 64 bits, into ``<path>`` with ``_memory`` before the suffix)."""
-    from benchmarks.scale.loglog import plot_loglog
-
-    def series(backends, ms, value):
+    def series(backends, ms, value, rows=rows):
         out = {}
         for b in backends:
             for m in ms:
@@ -122,18 +121,17 @@ def plot(rows: list[dict], path: str) -> None:
         return out
 
     ms = sorted({r["M"] for r in rows})
-    slopes = plot_loglog(path, "Exhaustive AQD search: time per query vs database size",
-                         "database size N (codes)", f"ms per query (top-{TOP})",
-                         series(["project", "faiss"], ms, lambda r: r["ms_per_query"]))
-    mem = str(Path(path).with_name(Path(path).stem + "_memory" + Path(path).suffix))
-    mslopes = plot_loglog(mem, "Exhaustive AQD search: peak memory above the imports",
-                          "database size N (codes)", "peak RSS - RSS after imports (MB)",
-                          series(["project", "project_torch", "faiss"], [ms[0], ms[-1]],
-                                 lambda r: r["peak_rss_mb"] - r["rss_after_imports_mb"]))
-    for name, slope in slopes.items():
-        print(f"# slope of ms/query vs N, {name}: {slope:.2f}")
-    for name, slope in mslopes.items():
-        print(f"# slope of peak memory above imports vs N, {name}: {slope:.2f}")
+    plot_slopes(path, "Exhaustive AQD search: time per query vs database size", "database size N (codes)",
+                f"ms per query (top-{TOP})", series(["project", "faiss"], ms, lambda r: r["ms_per_query"]),
+                "ms/query")
+    memory_rows = memory_rows or rows
+    nq = "/".join(map(str, sorted({r["queries"] for r in memory_rows})))
+    plot_slopes(str(Path(path).with_name(Path(path).stem + "_memory" + Path(path).suffix)),
+                f"Exhaustive AQD search: peak memory above the imports, {nq} queries",
+                "database size N (codes)", "peak RSS - RSS after imports (MB)",
+                series(["project", "project_torch", "faiss"], [ms[0], ms[-1]],
+                       lambda r: r["peak_rss_mb"] - r["rss_after_imports_mb"], memory_rows),
+                "peak memory above imports")
 
 if __name__ == "__main__":
     main()

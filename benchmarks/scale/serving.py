@@ -53,3 +53,26 @@ def conditions() -> str:
 def report(row: dict) -> dict:
     print(json.dumps(row), flush=True)
     return row
+
+
+def finish(rows: list[dict], rows_path: str | None, plot, plot_path: str | None) -> None:
+    """The closing line, the rows as JSON (``--rows``) and the plot (``--plot``, empty: none)."""
+    print(f"# done, {conditions()}")
+    if rows_path:
+        Path(rows_path).write_text(json.dumps(rows))
+    if plot_path:
+        plot(rows, plot_path)
+
+
+def by(rows: list[dict], key: str) -> dict:
+    """Rows grouped by ``row[key]`` (first-seen order), each group sorted by N."""
+    return {v: sorted((r for r in rows if r[key] == v), key=lambda r: r["n"])
+            for v in dict.fromkeys(r[key] for r in rows)}
+
+
+def plot_slopes(path: str, title: str, xlabel: str, ylabel: str, series: dict, what: str) -> None:
+    """``benchmarks.scale.loglog.plot_loglog``, then one line per fitted slope."""
+    from benchmarks.scale.loglog import plot_loglog
+
+    for name, slope in plot_loglog(path, title, xlabel, ylabel, series).items():
+        print(f"# slope of {what} vs N, {name}: {slope:.2f}")
