@@ -58,8 +58,10 @@ class Runner:
         with self.log.open("a") as f:
             f.write(shown + "\n")
         t = time.perf_counter()
+        # one intra-op thread: these models are tiny, and on a shared 2-core box spinning OpenMP
+        # threads made an epoch ~10x slower
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                              env={"DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1",
+                              env={"DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                                    **os.environ})
         if done.returncode:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])

@@ -68,7 +68,20 @@ def _pq_codebooks(pq, d: int) -> np.ndarray:
 
 def train_baseline(method: str, train: np.ndarray, db: np.ndarray, queries: np.ndarray, m: int,
                    nbits: int = 8, cfg: BaselineConfig | None = None) -> BaselineCodes:
-    """Train ``method`` on ``train`` features and encode ``db`` and ``queries`` with M x nbits bits."""
+    """Train ``method`` on ``train`` features and encode ``db`` and ``queries`` with M x nbits bits.
+
+    Inputs faiss cannot train on (e.g. fewer vectors than centroids) raise ``BaselineError``
+    naming the method and the sizes, never a faiss traceback."""
+    try:
+        return _train_baseline(method, train, db, queries, m, nbits, cfg)
+    except RuntimeError as exn:  # faiss's C++ checks, e.g. "Number of training points (45) should be ..."
+        reason = str(exn).split("failed: ", 1)[-1].strip().splitlines()[0]
+        raise BaselineError(f"{method}: faiss cannot train it on {len(train)} vectors of {train.shape[1]} "
+                            f"dimensions at {m}x{nbits} bits: {reason} (skipped)") from None
+
+
+def _train_baseline(method: str, train: np.ndarray, db: np.ndarray, queries: np.ndarray, m: int,
+                    nbits: int, cfg: BaselineConfig | None) -> BaselineCodes:
     faiss = _faiss()
     cfg = cfg or BaselineConfig()
     d = train.shape[1]

@@ -117,6 +117,9 @@ def load_inference(dir_url: str, device: str | torch.device = "cpu") -> Inferenc
         raise ValueError(f"checkpoint {dir_url}: model.pt does not fit the encoder in meta.json ({e})") from None
     encoder.to(device).eval()
     quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    if not getattr(quantizer, "is_trained", True):
+        raise ValueError(f"checkpoint {dir_url}: its codebooks were never fitted (a run saved before its "
+                         "first codebook update); retrain it with this version, which always ends with one")
     weights = None
     if meta.get("icm_weights"):
         weights = torch.from_numpy(np.load(io.BytesIO(_read(dir_url, meta["icm_weights"])), allow_pickle=False))

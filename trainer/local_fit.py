@@ -43,7 +43,7 @@ def fit_local(method: Method, make_batches: Callable[[int], Iterable[dict]], epo
                 sums[k] += v
             n += 1
         row = {k: v / max(n, 1) for k, v in sums.items()}
-        if method.needs_codebook_update(epoch):
+        if method.needs_codebook_update(epoch, epochs):
             row.update(method.codebook_update(_Embeddings(method, make_batches, epoch)))
         history.append(row)
     return history

@@ -55,7 +55,7 @@ def train_loop_per_worker(config: dict) -> None:
     log = print if run.rank == 0 else (lambda *_, **__: None)
     for epoch in range(state.epoch, cfg.training.epochs):
         terms, clock = train_epoch(run, state, epoch)
-        update = update_codebooks(run, epoch) if run.method.needs_codebook_update(epoch) else {}
+        update = update_codebooks(run, epoch) if run.method.needs_codebook_update(epoch, cfg.training.epochs) else {}
         record = epoch_record(run, state, epoch, terms, clock, update)
         state.metrics.append(record)
         state.epoch = epoch + 1

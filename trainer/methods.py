@@ -238,13 +238,16 @@ class Method:
         init = self.cfg.progressive_init
         return init == "kmeans" or (init == "auto" and self.cfg.name == "wsdhq_progressive")
 
-    def needs_codebook_update(self, epoch: int) -> bool:
+    def needs_codebook_update(self, epoch: int, epochs: int | None = None) -> bool:
         """True after epoch ``epoch`` (0-based) for the alternating (additive) method: every
         ``code_update_every`` epochs, as the authors' ``train_iter % (2·batches_per_epoch) == 0``.
-        For a progressive method with a k-means start: once, after the last feature-only epoch."""
+        For a progressive method with a k-means start: once, after the last feature-only epoch.
+        Given the run's ``epochs``, also after the last one when no update has happened yet (a run
+        shorter than ``code_update_every`` / ``feature_epochs`` still ends with fitted codebooks)."""
+        last_and_none = epochs is not None and epoch + 1 == epochs and self.codebook_updates == 0
         if self.progressive:
-            return self.kmeans_start and epoch + 1 == max(self.cfg.feature_epochs, 1)
-        return (epoch + 1) % self.cfg.code_update_every == 0
+            return self.kmeans_start and (epoch + 1 == max(self.cfg.feature_epochs, 1) or last_and_none)
+        return (epoch + 1) % self.cfg.code_update_every == 0 or last_and_none
 
     def codebook_update(self, feature_batches: Iterable[torch.Tensor],
                         reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,

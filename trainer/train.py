@@ -52,6 +52,11 @@ def preflight(cfg: RunConfig) -> dict:
         raise InputError(f"data.train: cannot read the training manifest at {cfg.data.train}: {e}") from None
     if manifest.total == 0:
         raise InputError(f"data.train: the training set at {cfg.data.train} is empty (0 samples)")
+    kmeans = cfg.method.name == "wsdhq" or (cfg.method.progressive_init == "kmeans" or (
+        cfg.method.progressive_init == "auto" and cfg.method.name == "wsdhq_progressive"))
+    if kmeans and manifest.total < cfg.method.K:
+        raise InputError(f"method.K={cfg.method.K} but data.train has only {manifest.total} samples: the codebooks "
+                         f"start from k-means, which needs at least K samples; use a smaller method.K or more data")
     workers = max(1, cfg.scaling.num_workers)
     if len(manifest.shards) < workers:
         raise InputError(

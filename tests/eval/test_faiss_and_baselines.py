@@ -78,4 +78,7 @@ def test_opq_and_residual_with_fewer_training_vectors_than_dimensions_are_refuse
         train_baseline("opq", x, x[:5], x[:2], m=2)
     with pytest.raises(BaselineError, match="residual: 40 training vectors for 64 dimensions"):
         train_baseline("residual", x, x[:5], x[:2], m=2)
+    with pytest.raises(BaselineError, match=r"pq: faiss cannot train it on 40 vectors of 64 dimensions at 2x8 "
+                                            r"bits: Number of training points \(40\) should be at least"):
+        train_baseline("pq", x, x[:5], x[:2], m=2)
     assert train_baseline("pq", x, x[:5], x[:2], m=2, nbits=4).db_codes.shape == (5, 2)

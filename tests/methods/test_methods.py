@@ -85,6 +85,8 @@ def test_quantization_gradient_reaches_the_encoder_and_never_the_fixed_codebooks
 def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedule(weak_set, iters, policy):
     m = _wsdhq(weak_set, codebook_iters=iters, dead_codewords=policy)
     assert [e for e in range(6) if m.needs_codebook_update(e)] == [1, 3, 5]
+    # a run shorter than code_update_every still ends with one update (none has happened yet)
+    assert m.needs_codebook_update(0, epochs=1) and not m.needs_codebook_update(0, epochs=2)
     assert not any(_dpq(weak_set).needs_codebook_update(e) for e in range(6))
     feats = [m.embed(weak_set.x[i:i + 100]) for i in range(0, 600, 100)]
     calls = []
@@ -204,6 +206,12 @@ def test_inference_checkpoint_round_trip_gives_identical_codes(weak_set, tmp_pat
     assert on_disk["code_bits"] == (8 if name == "wsdhq" else 9)  # M*log2(K): 2*4, 3*3
     assert on_disk["quantized"] == ("z" if name == "wsdhq" else "f")
     assert not loaded.encoder.training
+
+
+def test_checkpoint_whose_codebooks_were_never_fitted_is_refused_by_name(weak_set, tmp_path):
+    save_inference(str(tmp_path), _wsdhq(weak_set), {})  # saved before any codebook update
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path}: its codebooks were never fitted"):
+        load_inference(str(tmp_path))
 
 
 def test_checkpoint_with_pickled_objects_is_refused(weak_set, tmp_path):

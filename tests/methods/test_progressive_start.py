@@ -12,13 +12,15 @@ ENC = EncoderConfig(kind="mlp", in_features=12, hidden=16)
 
 
 def _method(name, **kw):
-    cfg = MethodConfig(name=name, embed_dim=8, M=3, K=16, seed=3, feature_epochs=2, **kw)
+    cfg = MethodConfig(**{"name": name, "embed_dim": 8, "M": 3, "K": 16, "seed": 3, "feature_epochs": 2, **kw})
     return build_method(cfg, ENC, label_embeddings(5, 8))
 
 
 def test_wsdhq_progressive_starts_from_residual_kmeans_once_before_lq_switches_on():
     m = _method("wsdhq_progressive")
     assert [m.needs_codebook_update(e) for e in range(5)] == [False, True, False, False, False]
+    # a run that ends before feature_epochs still starts its codebooks, after its last epoch
+    assert _method("wsdhq_progressive", feature_epochs=4).needs_codebook_update(1, epochs=2)
     x = torch.randn(300, 12, generator=torch.Generator().manual_seed(0))
     emb = m.embed(x)
     before = m.quantizer.codebooks.detach().clone()

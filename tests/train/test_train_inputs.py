@@ -45,6 +45,7 @@ def test_every_shipped_training_config_loads_into_the_typed_tree(name):
     ({}, ["scaling.num_workers=9"], "scaling.num_workers=9 but data.train has only 8 shard(s)"),
     ({}, ["method.embed_dim=7"], "method.embed_dim=7 but the tag embeddings"),
     ({}, ["storage.checkpoint_every=0"], "storage.checkpoint_every: must be >= 1, got 0"),
+    ({}, ["method.K=1024"], "method.K=1024 but data.train has only 480 samples"),
 ])
 def test_bad_config_or_input_is_one_clear_error_naming_the_culprit(digits_features, tmp_path, capsys,
                                                                     change, overrides, message):
