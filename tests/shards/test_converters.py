@@ -82,7 +82,7 @@ def test_folder_with_sidecar_tag_files(tmp_path):
     assert items["sub/a1"]["tags"] == ["dog"] and items["sub/a3"]["tags"] == []
 
 
-def _nuswide_fixture(root, n=8, short_label_file=False):
+def nuswide_fixture(root, n=8, short_label_file=False):
     names = ["sky", "water", "dog", "night", "car"]
     concepts = ["animal", "clouds", "sky"]
     (root / "ImageList").mkdir(parents=True)
@@ -109,7 +109,7 @@ def _nuswide_fixture(root, n=8, short_label_file=False):
 
 
 def test_nuswide_layout_reads_lists_tags_and_labels_in_lockstep(tmp_path):
-    names, concepts, bits, labels = _nuswide_fixture(tmp_path / "nus")
+    names, concepts, bits, labels = nuswide_fixture(tmp_path / "nus")
     w = convert_nuswide(str(tmp_path / "nus"), str(tmp_path / "out"), SHARD)
     assert dict(w.skipped) == {"missing_image_file": 1}
     items = all_items(tmp_path / "out")
@@ -122,7 +122,7 @@ def test_nuswide_layout_reads_lists_tags_and_labels_in_lockstep(tmp_path):
 
 
 def test_nuswide_label_file_shorter_than_the_list_is_refused_naming_it(tmp_path, capsys):
-    _nuswide_fixture(tmp_path / "nus", short_label_file=True)
+    nuswide_fixture(tmp_path / "nus", short_label_file=True)
     assert main(["nuswide", str(tmp_path / "nus"), "--out", str(tmp_path / "out")]) == 2
     assert "Labels_clouds.txt: ends before line 8" in capsys.readouterr().err
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # aborted: no half-written set
@@ -136,16 +136,21 @@ def test_caption_rule_lowercases_drops_stopwords_short_words_and_numbers():
         ["photo", "golden", "gate", "bridge"]
 
 
+def write_laion_tar(src, first: int = 0) -> None:
+    """An img2dataset-style shard: json tags, caption-only, a failed download, no caption, tag string."""
+    with wds.TarWriter(str(src)) as tw:
+        tw.write({"__key__": f"{first + 0:09d}", "jpg": jpeg(0), "txt": b"Red car on a street",
+                  "json": json.dumps({"tags": ["car", "red"], "status": "success"}).encode()})
+        tw.write({"__key__": f"{first + 1:09d}", "jpg": jpeg(1), "txt": b"Sunset over the sea",
+                  "json": json.dumps({"status": "success"}).encode()})
+        tw.write({"__key__": f"{first + 2:09d}", "txt": b"failed", "json": b'{"status": "failed_to_download"}'})
+        tw.write({"__key__": f"{first + 3:09d}", "jpg": jpeg(3), "json": b"{}"})
+        tw.write({"__key__": f"{first + 4:09d}", "jpg": jpeg(4), "txt": b"Dog", "json": b'{"tags": "dog, puppy"}'})
+
+
 def test_laion_shards_use_json_tags_else_caption_rule(tmp_path):
     src = tmp_path / "in-000000.tar"
-    with wds.TarWriter(str(src)) as tw:
-        tw.write({"__key__": "000000000", "jpg": jpeg(0), "txt": b"Red car on a street",
-                  "json": json.dumps({"tags": ["car", "red"], "status": "success"}).encode()})
-        tw.write({"__key__": "000000001", "jpg": jpeg(1), "txt": b"Sunset over the sea",
-                  "json": json.dumps({"status": "success"}).encode()})
-        tw.write({"__key__": "000000002", "txt": b"failed", "json": b'{"status": "failed_to_download"}'})
-        tw.write({"__key__": "000000003", "jpg": jpeg(3), "json": b"{}"})
-        tw.write({"__key__": "000000004", "jpg": jpeg(4), "txt": b"Dog", "json": b'{"tags": "dog, puppy"}'})
+    write_laion_tar(src)
     w = convert_laion([str(src)], str(tmp_path / "out"), SHARD)
     assert dict(w.skipped) == {"missing_image": 1, "missing_tags": 1}
     items = all_items(tmp_path / "out")
@@ -169,15 +174,13 @@ def test_splits_are_disjoint_and_database_includes_train(tmp_path):
         [4] * (len(Manifest.load(str(tmp_path / "out" / "database")).shards) - 1)
 
 
-@pytest.mark.real_data
-def test_mirflickr_original_layout_from_real_images(mirflickr_real, tmp_path):
+def build_mirflickr_original(root, mirflickr_real, ids):
+    """MIRFLICKR's original layout from the real images: im4 has no tag file, tags5.txt is not UTF-8."""
     z = np.load(mirflickr_real / "subset1000_with_images.npz", allow_pickle=False)
     concepts = [str(c) for c in z["concepts"]]
-    root = tmp_path / "mir"
     (root / "mirflickr").mkdir(parents=True)
     (root / "meta" / "tags").mkdir(parents=True)
     (root / "annotations").mkdir()
-    ids = list(range(1, 13))
     for n in ids:
         shutil.copy(mirflickr_real / "images_256" / f"im{n}.jpg", root / "mirflickr" / f"im{n}.jpg")
         if n != 4:
@@ -187,6 +190,13 @@ def test_mirflickr_original_layout_from_real_images(mirflickr_real, tmp_path):
         rows = [str(n) for n in ids if z["labels"][n - 1, j]]
         (root / "annotations" / f"{c}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
         (root / "annotations" / f"{c}_r1.txt").write_text("")
+    return z, concepts
+
+
+@pytest.mark.real_data
+def test_mirflickr_original_layout_from_real_images(mirflickr_real, tmp_path):
+    root = tmp_path / "mir"
+    z, concepts = build_mirflickr_original(root, mirflickr_real, list(range(1, 13)))
     w = convert_original(str(root), str(tmp_path / "out"), SHARD)
     assert dict(w.skipped) == {"missing_tags": 1, "non_utf8_tags": 1}
     items = all_items(tmp_path / "out")
