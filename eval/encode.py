@@ -80,9 +80,9 @@ def checkpoint_identity(checkpoint: str) -> dict:
 
 
 def prefetch(it, depth: int = 2):
-    """Iterate ``it`` in a background thread, ``depth`` items ahead: tar parsing and image decoding
-    (Python, GIL-bound) overlap the model's forward pass (torch releases the GIL). Memory stays
-    bounded by ``depth`` batches. Exceptions from the producer are re-raised here."""
+    """Iterate ``it`` in a background thread, ``depth`` items ahead: tar parsing (Python) and image
+    decoding (Pillow, GIL released) overlap the model's forward pass (torch releases the GIL).
+    Memory stays bounded by ``depth`` batches. Exceptions from the producer are re-raised here."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     end = object()
 
@@ -158,7 +158,9 @@ class ShardEncoder:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_inference(checkpoint, self.device)
         self.cfg = cfg
-        self.features_only = self.model.meta.get("encoder_config", {}).get("kind") == "mlp"
+        enc = self.model.meta.get("encoder_config", {})
+        self.features_only = enc.get("kind") == "mlp"
+        self.in_features = enc.get("in_features") if self.features_only else None
         # Image encoders are fed the size they were trained at unless told otherwise: another size
         # is a distribution the network never saw (and costs (size/trained)^2 more compute).
         self.image_size = cfg.image_size or self.model.image_size
@@ -166,10 +168,11 @@ class ShardEncoder:
             raise EncodeError(f"checkpoint {checkpoint} records no image_size: pass image_size=<pixels>")
 
     def _batches(self, todo: list[tuple[str, int, str]], skips: list[Counter]) -> Iterator[Batch]:
-        """Full batches read across shard boundaries, so the reading thread runs on into the next
-        shard while the model finishes this one, and the model never sees a shard's short tail
-        batch (on 100-sample shards the old per-shard reading left the first batch of every shard
-        un-overlapped: ~8% of the job). Images leave here as uint8 pixels (``eval_pixels``)."""
+        """Full batches read across shard boundaries: the reading thread runs on into the next
+        shard while the model finishes this one (read shard by shard, every shard's first batch
+        waited for its decoding, and its last batch was short). Images leave here as uint8
+        pixels (``eval_pixels``: Pillow and numpy only, so this thread never starts an OpenMP
+        team of its own beside the model's)."""
         from shards.images import decode_rgb
         from shards.reader import raw_samples
         from shards.schema import SampleError, decode_fields
@@ -185,6 +188,9 @@ class ShardEncoder:
                         if "feat" not in s:
                             raise SampleError("missing_feat", f"{url}:{s['__key__']}: no feat.npy")
                         x = np.asarray(s["feat"], dtype=np.float32)
+                        if self.in_features and x.shape != (self.in_features,):
+                            raise EncodeError(f"{url}:{s['__key__']}: feat.npy holds {x.size} values, the "
+                                              f"checkpoint's encoder takes {self.in_features}")
                     else:
                         x = eval_pixels(decode_rgb(s["image"], f"{url}:{s['__key__']}", min_side=self.image_size),
                                         self.image_size)

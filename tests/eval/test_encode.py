@@ -313,3 +313,11 @@ def test_image_job_reads_across_shards_into_full_batches_and_equals_the_readers_
     assert np.array_equal(np.concatenate([d["codes"] for d in got]), model.encode(batch["image"]).numpy())
     np.testing.assert_allclose(np.concatenate([d["feat"] for d in got]), model.embed(batch["image"]).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_features_of_another_width_than_the_encoder_takes_are_refused_naming_the_sample(tmp_path):
+    write_corpus(tmp_path / "corpus", 6, 3, feat_dim=12)
+    make_checkpoint(tmp_path / "ckpt", feat_dim=16)
+    with pytest.raises(EncodeError, match=r"shard-000000.tar:item00000: feat.npy holds 12 values, "
+                                          r"the checkpoint's encoder takes 16"):
+        run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes", EncodeConfig(), local=True, **QUIET)
