@@ -5,9 +5,10 @@ LAION-style tars on a real S3 server (moto over HTTP).
 
 Only paths are substituted (the README's /data/..., s3://bucket and the shard range point at the
 fixtures) and, for the budget, the train command gets ``training.epochs=1 scaling.num_workers=0
-reader.batch_size=8 method.K=16`` appended (24 training images) and the encode commands ``--local``; every flag the README shows is
-run. The cloud-cluster block (`ray up` / `ray down`) needs a cloud account and is not run here: its
-submit command is the one tests/train/test_cluster_jobs.py runs against a token-auth local head.
+reader.batch_size=8 method.K=16`` appended (24 training images) and the encode commands ``--local``;
+every flag the README shows is run. The cloud-cluster block (`ray up` / `ray down`) needs a cloud
+account and is not run here: its submit command is the one tests/train/test_cluster_jobs.py runs
+against a token-auth local head, and ray_cluster.yaml passes Ray's schema offline there.
 """
 from __future__ import annotations
 
