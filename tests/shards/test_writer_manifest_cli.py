@@ -18,6 +18,18 @@ def test_shards_are_cut_by_count(tmp_path):
     assert [s.count for s in m.shards] == [4, 4, 2] and m.total == 10
 
 
+def test_shard_members_carry_no_pax_headers_so_a_sample_costs_its_payload_plus_512_b_per_member(tmp_path):
+    import tarfile
+
+    m = write_set(tmp_path / "s", n=3, max_count=10, feat_dim=4)
+    with tarfile.open(tmp_path / "s" / m.shards[0].url) as tar:
+        members = tar.getmembers()
+    assert len(members) == 3 * 4  # png, tags.json, labels.json, feat.npy
+    assert all(not t.pax_headers and isinstance(t.mtime, int) for t in members)
+    payload = sum(-(-t.size // 512) * 512 for t in members)
+    assert m.shards[0].bytes - payload - 512 * len(members) <= 10240  # + the end-of-archive padding
+
+
 def test_shards_are_cut_by_bytes(tmp_path):
     w = ShardSetWriter(str(tmp_path / "s"), "t", "train", max_count=1000, max_bytes=7000)
     for i in range(8):
