@@ -141,7 +141,7 @@ class Runner:
 
 
 def table(results: dict) -> str:
-    """Markdown: mean ± sample std over seeds of mAP@all (skip convention), zero convention beside."""
+    """Markdown: mean ± sample standard deviation over the seeds of mAP@all, both conventions."""
     def cell(key: str, row: str, conv: str) -> str:
         vals = [results[s][key][row][conv] for s in sorted(results) if row in results[s].get(key, {})]
         if not vals:
@@ -163,7 +163,8 @@ def table(results: dict) -> str:
                 lines.append(f"| {label} | " + " | ".join(cell(key, f"aqd-{b}", conv) for b in BITS)
                              + f" | {cell(key, 'feature-None', conv)} |")
         for method in BASELINES:
-            lines.append(f"| faiss {method} on the descriptor (no tags) | "
+            label = "random codes" if method == "random" else f"faiss {dict(pq='PQ', opq='OPQ', residual='RQ', lsq='LSQ')[method]}"
+            lines.append(f"| {label} on the descriptor (encoder without tags) | "
                          + " | ".join(cell("descriptor", f"{method}-{b}", conv) for b in BITS)
                          + (f" | {cell('descriptor', 'feature-None', conv)} |" if method == "pq" else " | |"))
     return "\n".join(lines)
