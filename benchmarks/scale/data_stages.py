@@ -22,11 +22,12 @@ interrupted run keeps what it measured. Stages:
 * ``train``: ``trainer.train.build_trainer(...).fit()`` in features mode (MLP encoder), 1 and 2 Ray
   workers, 2 epochs with a codebook update after each; epoch time, update time and its parts;
 * ``update``: ``Method.codebook_update`` alone (ICM encode + statistics + solve, one process) on
-  embeddings of the corpus features, vs N and M.
+  embeddings of the corpus features (one thread, as a Ray worker), vs N and M.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -86,32 +87,21 @@ def point_write_plain(n: int, corpus: str, vocab: int) -> dict:
         for i in range(len(cls)):
             if (start + i) % cfg.shard_size == 0:
                 nbytes += _close(tar)
-                tar = tarfile.open(out / f"shard-{(start + i) // cfg.shard_size:06d}.tar", "w", format=tarfile.USTAR_FORMAT)
+                name = out / f"shard-{(start + i) // cfg.shard_size:06d}.tar"
+                tar = tarfile.open(name, "w", format=tarfile.USTAR_FORMAT)
             c = int(cls[i])
             sample = encode_sample(f"s{start + i:010d}", model.swatches[c], "png", tags[i], [f"c{c}"], feat=feat[i])
             key = sample.pop("__key__")
             for ext, data in sorted(sample.items()):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size, info.mtime = len(data), 0
-                tar.addfile(info, _Bytes(data))
+                tar.addfile(info, io.BytesIO(data))
     nbytes += _close(tar)
     seconds = time.perf_counter() - t
     for f in out.iterdir():
         f.unlink()
     out.rmdir()
     return {"seconds": seconds, "samples": n, "bytes": nbytes}
-
-
-class _Bytes:
-    """A minimal readable for ``TarFile.addfile`` (it only calls ``read``)."""
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self.data) if size < 0 else self.pos + size
-        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
-        return chunk
 
 
 def _close(tar) -> int:
@@ -152,7 +142,8 @@ def point_tags(n: int, corpus: str, tasks: int, label_sample: int | None) -> dic
     seconds = time.perf_counter() - t
     if tasks:
         ray.shutdown()
-    return {"seconds": seconds, "samples": counts.stats["images"], "raw_tags": counts.stats["raw_tags"],
+    return {"seconds": seconds, "samples": counts.stats["images"], "bytes": corpus_bytes(corpus),
+            "raw_tags": counts.stats["raw_tags"],
             "vocab_tags": counts.stats["vocab_tags"], "cooc_nnz": int(counts.cooc.nnz)}
 
 
@@ -189,13 +180,15 @@ def point_train(n: int, corpus: str, tags: str, workers: int, storage: str, M: i
 
 def point_update(n: int, M: int, repeats: int = 2) -> dict:
     """``Method.codebook_update`` on N embeddings of the corpus features (untrained MLP), after the
-    k-means initialisation (not timed): the steady-state update of one process, without the embed pass."""
+    k-means initialisation (not timed): the steady-state update of one process with one thread,
+    without the embed pass (best of ``repeats``)."""
     import torch
 
     from trainer.encoders import EncoderConfig
     from trainer.methods import MethodConfig, build_method
 
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # as in a Ray Train worker (one CPU); 2 threads on 2 loaded cores ran 2.7x slower
     cfg = CorpusConfig()
     dim = 50
     V = torch.nn.functional.normalize(torch.randn(64, dim), dim=1)
@@ -370,6 +363,8 @@ def report(results: Path, img: Path) -> None:
         print("\nslopes (time; added RSS): " + "; ".join(
             f"{name} {_slope(fit_slope, *_series(b, secs))}; {_slope(fit_slope, *_series(b, _added))}"
             for name, b in series.items()))
+        print("at 10^9 samples, linear from the largest N measured (one process): " + "; ".join(
+            f"{name} {b[max(b)]['seconds'] * 1e9 / max(b) / 3600:,.0f} h" for name, b in series.items()))
         plot_loglog(str(img / f"data_{stage}.png"), f"{stage}: time vs N", "N (samples)", "seconds",
                     {name: _series(b, secs) for name, b in series.items()})
         plot_loglog(str(img / f"data_{stage}_rss.png"), f"{stage}: memory added by the stage vs N", "N (samples)",
