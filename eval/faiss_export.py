@@ -48,7 +48,10 @@ def additive_index(codebooks: np.ndarray, codes: np.ndarray, kind: str = "additi
     faiss.copy_array_to_vector(codebooks.ravel(), aq.codebooks)
     aq.is_trained = True
     index.is_trained = True
-    packed = codes.astype(np.uint8) if nbits == 8 else faiss.pack_bitstrings(codes.astype(np.int32), nbits)
+    if nbits == 8:
+        packed = np.ascontiguousarray(codes, dtype=np.uint8)  # no copy when it already is
+    else:
+        packed = faiss.pack_bitstrings(codes.astype(np.int32), nbits)
     index.add_sa_codes(np.ascontiguousarray(packed))
     return index
 
