@@ -75,9 +75,30 @@ class CodeSet:
     keys: np.ndarray
     index: np.ndarray
     codes: np.ndarray
-    labels: list[list[str]]
+    # labels as an index into the distinct label combinations (joined strings, as on disk): a Python
+    # list per item cost ~650 bytes per item at 10^7 (docs/scaling.md); 4 bytes per item this way
+    label_combos: np.ndarray
+    label_ids: np.ndarray
     feat: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+
+    def labels_of(self, i: int) -> list[str]:
+        s = str(self.label_combos[self.label_ids[i]])
+        return s.split(LABEL_SEP) if s else []
+
+    @property
+    def labels(self) -> list[list[str]]:
+        """Every item's label list (small sets; large ones use ``label_matrix``)."""
+        return [self.labels_of(i) for i in range(len(self.label_ids))]
+
+    def label_names(self) -> list[str]:
+        used = self.label_combos[np.unique(self.label_ids)].tolist()
+        return sorted({x for s in used if s for x in s.split(LABEL_SEP)})
+
+    def label_matrix(self, names: list[str]) -> np.ndarray:
+        """Multi-hot (N, L) uint8 over ``names``, built once per distinct label combination."""
+        rows = label_matrix([s.split(LABEL_SEP) if s else [] for s in self.label_combos.tolist()], names)
+        return rows[self.label_ids]
 
     @property
     def M(self) -> int:
@@ -89,7 +110,7 @@ class CodeSet:
 
     @property
     def has_labels(self) -> bool:
-        return any(self.labels)
+        return bool((self.label_combos[np.unique(self.label_ids)] != "").any())
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -130,6 +151,7 @@ def load_code_set(url: str, with_features: bool = True) -> CodeSet:
         raise CodeSetError(f"{url}: manifest says {m['quantizer_kind']} M={m['M']} K={m['K']} but "
                            f"quantizer.npz holds {kind} M={mm} K={kk}")
     parts: dict[str, list] = {"key": [], "index": [], "codes": [], "labels": [], "feat": []}
+    combo_ids: dict[str, int] = {}
     for entry in m["files"]:
         furl = storage.join(url, entry["url"])
         d = read_code_file(furl)
@@ -141,8 +163,11 @@ def load_code_set(url: str, with_features: bool = True) -> CodeSet:
                                f"levels (codes from another quantizer?)")
         if n and int(d["codes"].max()) >= kk:
             raise CodeSetError(f"{furl}: code value {int(d['codes'].max())} >= K={kk}")
-        for k in ("key", "index", "codes", "labels"):
+        for k in ("key", "index", "codes"):
             parts[k].append(d[k])
+        file_combos, inverse = np.unique(d["labels"], return_inverse=True)
+        ids = np.array([combo_ids.setdefault(c, len(combo_ids)) for c in file_combos.tolist()], np.int32)
+        parts["labels"].append(ids[inverse.reshape(-1)] if n else np.zeros(0, np.int32))
         if with_features and m.get("has_features"):
             if "feat" not in d:
                 raise CodeSetError(f"{furl}: manifest says features are stored but the file has none")
@@ -151,8 +176,8 @@ def load_code_set(url: str, with_features: bool = True) -> CodeSet:
     if len(np.unique(keys)) != len(keys):
         u, c = np.unique(keys, return_counts=True)
         raise CodeSetError(f"{url}: key {u[c > 1][0]!r} appears {c[c > 1][0]} times")
-    labels = [s.split(LABEL_SEP) if s else [] for s in
-              (np.concatenate(parts["labels"]) if parts["labels"] else [])]
+    label_ids = np.concatenate(parts["labels"]) if parts["labels"] else np.zeros(0, np.int32)
+    label_combos = np.array(list(combo_ids) or [""], dtype=str)
     feat = np.concatenate(parts["feat"]) if parts["feat"] else None
     meta = {}
     if storage.exists(storage.join(url, "meta.json")):
@@ -160,7 +185,7 @@ def load_code_set(url: str, with_features: bool = True) -> CodeSet:
     return CodeSet(url=url, manifest=m, codebooks=codebooks, keys=keys,
                    index=np.concatenate(parts["index"]) if parts["index"] else np.zeros(0, np.int64),
                    codes=np.concatenate(parts["codes"]) if parts["codes"] else np.zeros((0, mm), np.uint8),
-                   labels=labels, feat=feat, meta=meta)
+                   label_combos=label_combos, label_ids=label_ids, feat=feat, meta=meta)
 
 
 def label_matrix(label_lists: list[list[str]], names: list[str]) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from eval import plots, report
 from eval.baselines import BaselineConfig, BaselineError, train_baseline
-from eval.codes import CodeSet, CodeSetError, check_compatible, label_matrix, load_code_set
+from eval.codes import CodeSet, CodeSetError, check_compatible, load_code_set
 from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
 from eval.scoring import AQDSearcher, decode, query_chunks, search_features
 from shards import storage
@@ -68,14 +68,13 @@ def shard_keys(shard_set: str) -> set[str]:
 
 def check_disjoint(query: CodeSet, db: CodeSet, train_keys: set[str] | None) -> dict:
     """Queries must be disjoint from the database and from training (the database may hold train)."""
-    qk = set(query.keys.tolist())
-    both = qk & set(db.keys.tolist())
-    if both:
-        raise EvaluationError(f"{len(both)} query key(s) are also in the database (e.g. {sorted(both)[0]!r}): "
+    both = query.keys[np.isin(query.keys, db.keys)]  # sorted numpy strings: no Python set of 10^7 keys
+    if len(both):
+        raise EvaluationError(f"{len(both)} query key(s) are also in the database (e.g. {str(min(both))!r}): "
                               f"{query.url} and {db.url} must be disjoint")
     out = {"query_vs_database": "disjoint"}
     if train_keys is not None:
-        both = qk & train_keys
+        both = set(query.keys.tolist()) & train_keys
         if both:
             raise EvaluationError(f"{len(both)} query key(s) were used in training (e.g. {sorted(both)[0]!r})")
         out["query_vs_train"] = "disjoint"
@@ -135,8 +134,8 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
     if unknown:
         raise EvaluationError(f"scorings: unknown {sorted(unknown)}; known: aqd, sqd, feature")
     disjoint = check_disjoint(query, db, train_keys if train is None else set(train.keys.tolist()))
-    names = query.manifest.get("label_names") or sorted({x for ls in query.labels + db.labels for x in ls})
-    ql, dl = label_matrix(query.labels, names), label_matrix(db.labels, names)
+    names = query.manifest.get("label_names") or sorted(set(query.label_names()) | set(db.label_names()))
+    ql, dl = query.label_matrix(names), db.label_matrix(names)
     k = _k(cfg, len(db))
     total = _total_relevant(ql, dl, cfg.db_chunk)
     nbits = int(np.log2(db.manifest["K"]))
@@ -246,7 +245,7 @@ def write_outputs(result: dict, grid_ids, query: CodeSet, db: CodeSet, out: str,
     plots.map_vs_bits(rows, os.path.join(local, "map_vs_bits.png"), cfg.headline_convention, str(cfg.top_k))
     files = ["pr_curves.png", "map_vs_bits.png"]
     if grid_ids is not None and query_shards and db_shards and cfg.grid_queries > 0:
-        labelled = [i for i, ls in enumerate(query.labels) if ls][: cfg.grid_queries]
+        labelled = [i for i in range(len(query)) if query.labels_of(i)][: cfg.grid_queries]
         qkeys = {str(query.keys[i]) for i in labelled}
         dkeys = {str(db.keys[j]) for i in labelled for j in grid_ids[i]}
         qimg, dimg = shard_images(query_shards, qkeys), shard_images(db_shards, dkeys)
@@ -255,12 +254,12 @@ def write_outputs(result: dict, grid_ids, query: CodeSet, db: CodeSet, out: str,
             result["notes"].append(f"top-10 grid skipped: {len(missing)} image(s) not found in the shard sets "
                                    f"(e.g. {sorted(missing)[0]!r})")
         else:
-            qset = [set(query.labels[i]) for i in labelled]
+            qset = [set(query.labels_of(i)) for i in labelled]
             plots.retrieval_grid(
                 [qimg[str(query.keys[i])] for i in labelled],
                 [[dimg[str(db.keys[j])] for j in grid_ids[i]] for i in labelled],
-                [[bool(qset[n] & set(db.labels[j])) for j in grid_ids[i]] for n, i in enumerate(labelled)],
-                [f"{query.keys[i]}: {', '.join(query.labels[i])}" for i in labelled],
+                [[bool(qset[n] & set(db.labels_of(j))) for j in grid_ids[i]] for n, i in enumerate(labelled)],
+                [f"{query.keys[i]}: {', '.join(query.labels_of(i))}" for i in labelled],
                 os.path.join(local, "top10_grid.png"))
             files.append("top10_grid.png")
     report.write(result, out)

@@ -134,3 +134,17 @@ def test_packed_label_words_give_the_same_relevance_as_shared_labels_beyond_64_l
         assert wa.shape == (20, -(-n_labels // 64))
         got = ((wa[:, None, :] & wb[None, :, :]) != 0).any(-1)
         assert np.array_equal(got, relevance(a, b))
+
+
+def test_code_set_keeps_one_id_per_label_combination_and_unpacks_them_exactly(tmp_path, retrieval_data):
+    from eval.codes import label_matrix
+
+    _, db = _sets(tmp_path, retrieval_data)
+    want = [list(ls) for ls in retrieval_data["db"][2]]
+    assert db.label_ids.dtype == np.int32 and len(db.label_combos) == len({tuple(ls) for ls in want})
+    assert db.labels == want
+    assert [db.labels_of(i) for i in (0, len(db) - 1)] == [want[0], want[-1]]
+    names = db.label_names()
+    assert names == sorted({x for ls in want for x in ls})
+    np.testing.assert_array_equal(db.label_matrix(names), label_matrix(want, names))
+    np.testing.assert_array_equal(db.label_matrix(names[::-1]), label_matrix(want, names[::-1]))
