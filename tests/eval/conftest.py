@@ -13,6 +13,18 @@ from shards import storage
 from trainer.quantizers import AdditiveQuantizer, ProgressiveQuantizer
 
 
+def brute_scores(queries, codes, codebooks):
+    """Decode-and-dot reference scores in which items with the same code score exactly the same.
+
+    ``queries @ decode(codes).T`` does not promise that: BLAS kernels may treat the last rows of a
+    block differently, and on some CPUs two identical decoded rows then score one ulp apart, which
+    breaks the ties the rankings under test are about."""
+    from eval.scoring import decode
+
+    distinct, which = np.unique(codes, axis=0, return_inverse=True)
+    return (queries @ decode(distinct, codebooks).T)[:, which.reshape(-1)]
+
+
 def write_code_set(url, codebooks, keys, codes, labels, feat=None, kind="additive", model="ckpt-a",
                    tags="tags-a", files=2):
     """A finished code set at ``url`` (local or s3://) split into ``files`` code files."""

@@ -6,13 +6,12 @@ import pytest
 from eval.codes import CodeSetError, load_code_set
 from eval.evaluate import EvaluateConfig, EvaluationError, evaluate, main
 from eval.baselines import BaselineConfig
-from eval.scoring import decode
-from tests.eval.conftest import write_code_set
+from tests.eval.conftest import brute_scores, write_code_set
 
 
 def _reference_map(q_feat, q_lab, db_codes, db_lab, cb, k):
     """mAP by the spec's formula, written independently: full stable sort, python loops."""
-    scores = q_feat @ decode(db_codes, cb).T
+    scores = brute_scores(q_feat, db_codes, cb)
     aps = []
     for qi in range(len(q_feat)):
         order = np.argsort(-scores[qi], kind="stable")[:k]

@@ -2,6 +2,7 @@ import numpy as np
 
 from eval.metrics import top_k
 from eval.scoring import aqd_scores, decode, lookup_tables, search_aqd, search_features
+from tests.eval.conftest import brute_scores
 
 
 def _data(seed=0, n=500, q=7, m=4, k=16, d=12):
@@ -24,7 +25,7 @@ def test_aqd_equals_brute_force_decode_and_dot_product():
 
 def test_chunked_aqd_search_equals_full_sort_of_brute_force_scores():
     cb, codes, queries = _data(1)
-    brute = queries @ decode(codes, cb).T
+    brute = brute_scores(queries, codes, cb)
     s, i = search_aqd(lookup_tables(queries, cb), codes, k=30, db_chunk=64)
     ref = np.argsort(-brute, axis=1, kind="stable")[:, :30]
     assert np.array_equal(i, ref)
@@ -56,7 +57,7 @@ def test_faiss_backed_searcher_equals_the_torch_scan_also_with_massive_ties():
         b = AQDSearcher(cb, codes, "torch", db_chunk=100).search(queries, 60)
         assert np.array_equal(a[1], b[1])
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
-        brute = queries @ decode(codes, cb).T
+        brute = brute_scores(queries, codes, cb)
         assert np.array_equal(a[1], np.argsort(-brute, axis=1, kind="stable")[:, :60])
 
 
@@ -65,7 +66,7 @@ def test_tied_rows_reranked_in_batches_equal_the_full_stable_sort():
 
     # 8 distinct scores, 2.5 batches of tied query rows: every row goes through the exact routine
     cb, codes, queries = _data(6, n=900, q=2 * TIE_ROWS + TIE_ROWS // 2, m=1, k=8)
-    ref = np.argsort(-(queries @ decode(codes, cb).T), axis=1, kind="stable")[:, :50]
+    ref = np.argsort(-brute_scores(queries, codes, cb), axis=1, kind="stable")[:, :50]
     for backend in ("torch", "faiss"):
         _, i = AQDSearcher(cb, codes, backend, db_chunk=300).search(queries, 50)
         assert np.array_equal(i, ref), backend
