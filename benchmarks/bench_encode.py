@@ -1,6 +1,6 @@
 """Encode job throughput vs the plain forward pass, and its peak memory at two corpus sizes.
 
-    .venv/bin/python -m benchmarks.bench_encode [--sizes 2000 8000] [--ray] [--images 512]
+    .venv/bin/python -m benchmarks.bench_encode [--sizes 2000 8000] [--ray] [--images 512] [--decoders 1:10 0:0]
 
 Features-mode corpus (feat.npy per sample, 1000 samples per shard) and a WSDHQ checkpoint with an
 MLP encoder (in 256 -> hidden 512 -> f 64, M=4 x K=256 additive codes, ICM 3 sweeps).
@@ -8,6 +8,8 @@ MLP encoder (in 256 -> hidden 512 -> f 64, M=4 x K=256 additive codes, ICM 3 swe
 - job: ``eval.encode`` in ``--local`` mode (tar reading, npy decode, code files) and, with ``--ray``,
   through a 1-actor Ray pool; throughput is the job's own progress rate (model loading and Ray
   start-up excluded; in Ray mode the actor's model load is inside), end-to-end seconds alongside;
+- ``--decoders D:N ...``: the job settings compared, alternating within each repeat: D decoder
+  processes at nice N (``EncodeConfig.decoders`` / ``decode_nice``; D = 0 is the reading thread);
 - best of ``--repeat`` runs each (alternating plain / job), the box being shared;
 - ``--images N``: also N synthetic 256-px JPEGs through the image path (decode, centre crop to
   ``--image-size``, ``--encoder`` resnet18 by default) against the same model on tensors already
@@ -219,17 +221,19 @@ import resource, sys, time
 from eval.encode import EncodeConfig, run
 lines = []
 t = time.perf_counter()
-cfg = EncodeConfig(batch_size=int(sys.argv[5]), image_size=int(sys.argv[6]), actors=1)
+cfg = EncodeConfig(batch_size=int(sys.argv[5]), image_size=int(sys.argv[6]), actors=1, decoders=int(sys.argv[7]),
+                   decode_nice=int(sys.argv[8]))
 run(sys.argv[1], sys.argv[2], sys.argv[3], cfg, local=sys.argv[4] == "local", log=lines.append)
 rate = [s for s in lines if s.startswith("encoded ")][-1].split(", ")[-1].split()[0].replace(",", "")
 print(time.perf_counter() - t, rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def job(ckpt: Path, corpus: Path, out: Path, mode: str, batch: int = 256, size: int = 224
-        ) -> tuple[float, float, float]:
+def job(ckpt: Path, corpus: Path, out: Path, mode: str, batch: int = 256, size: int = 224, decoders: int = 1,
+        nice: int = 10) -> tuple[float, float, float]:
     """(end-to-end seconds incl. start-up, steady samples/s from the job's progress line, peak RSS MB)"""
-    r = subprocess.run([sys.executable, "-c", JOB, str(ckpt), str(corpus), str(out), mode, str(batch), str(size)],
+    r = subprocess.run([sys.executable, "-c", JOB, str(ckpt), str(corpus), str(out), mode, str(batch), str(size),
+                        str(decoders), str(nice)],
                        cwd=REPO,
                        capture_output=True, text=True, check=True)
     seconds, rate, rss_kb = r.stdout.strip().splitlines()[-1].split()
@@ -238,14 +242,17 @@ def job(ckpt: Path, corpus: Path, out: Path, mode: str, batch: int = 256, size: 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[2000, 8000], help="features-mode corpora (none: skip)")
     p.add_argument("--ray", action="store_true", help="also time the 1-actor Ray pool (once)")
     p.add_argument("--repeat", type=int, default=3, help="best of N for plain and the local job")
     p.add_argument("--images", type=int, default=0, help="also an image-mode run over N synthetic JPEGs")
     p.add_argument("--encoder", default="resnet18", help="image-mode encoder kind")
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--profile", action="store_true", help="per-stage image-path costs (needs --images)")
+    p.add_argument("--decoders", nargs="+", default=["1:10"],
+                   help="job settings to compare, DECODERS:NICE each (0: the reading thread), alternating")
     a = p.parse_args(argv)
+    settings = [tuple(int(v) for v in d.split(":")) for d in a.decoders]
     with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
         tmp = Path(tmp)
         if a.images:
@@ -254,40 +261,49 @@ def main(argv=None) -> None:
             if a.profile:
                 print(json.dumps(profile_images(tmp / "ckpt-img", tmp / "images", a.image_size, a.repeat), indent=1))
                 return
-            base, rate, warm = 0.0, 0.0, 0.0
+            base, warm, rates = 0.0, 0.0, {d: 0.0 for d in settings}
             for r in range(a.repeat):
                 warm = max(warm, plain_images(tmp / "ckpt-img", jpgs, a.image_size))
                 base = max(base, plain_images_fresh(tmp / "ckpt-img", tmp / "images", a.image_size))
-                rate = max(rate, job(tmp / "ckpt-img", tmp / "images", tmp / f"img-codes{r}", "local", 64,
-                                     a.image_size)[1])
-            print(json.dumps({"mode": f"images {a.encoder} {a.image_size}px", "n": a.images,
-                              "plain_fresh_per_s": round(base, 1), "plain_warm_per_s": round(warm, 1),
-                              "job_local_per_s": round(rate, 1), "ratio_local": round(rate / base, 3),
-                              "ratio_vs_warm_plain": round(rate / warm, 3)}))
+                for dec, nice in settings:
+                    rates[dec, nice] = max(rates[dec, nice], job(tmp / "ckpt-img", tmp / "images",
+                                                                 tmp / f"img-codes{r}-{dec}-{nice}", "local", 64,
+                                                                 a.image_size, dec, nice)[1])
+            for (dec, nice), rate in rates.items():
+                print(json.dumps({"mode": f"images {a.encoder} {a.image_size}px", "n": a.images,
+                                  "decoders": dec, "nice": nice,
+                                  "plain_fresh_per_s": round(base, 1), "plain_warm_per_s": round(warm, 1),
+                                  "job_local_per_s": round(rate, 1), "ratio_local": round(rate / base, 3),
+                                  "ratio_vs_warm_plain": round(rate / warm, 3)}))
+        if not a.sizes:
+            return
         make_checkpoint(tmp / "ckpt")
         rows = []
         for n in a.sizes:
             x = make_corpus(tmp / f"corpus{n}", n)
             # best of a.repeat, alternating, because the box is shared and noisy
-            base, secs, rate, rss = 0.0, 0.0, 0.0, 0.0
+            base, best = 0.0, {d: (0.0, 0.0, 0.0) for d in settings}  # (end-to-end s, rate, peak RSS)
             for r in range(a.repeat):
                 base = max(base, plain(tmp / "ckpt", x))
-                s_, r_, m_ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"codes{n}-{r}", "local")
-                if r_ > rate:
-                    secs, rate = s_, r_
-                rss = max(rss, m_)
-            row = {"n": n, "plain_per_s": round(base), "job_local_per_s": round(rate),
-                   "ratio_local": round(rate / base, 3), "job_local_end_to_end_s": round(secs, 2),
-                   "job_peak_rss_mb": round(rss, 1)}
-            if a.ray:
-                rsecs, rrate, _ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"ray{n}", "ray")
-                row |= {"job_ray_per_s": round(rrate), "ratio_ray": round(rrate / base, 3),
-                        "job_ray_end_to_end_s": round(rsecs, 2)}
-            rows.append(row)
-            print(json.dumps(row))
+                for dec, nice in settings:
+                    s_, r_, m_ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"codes{n}-{r}-{dec}-{nice}", "local",
+                                     decoders=dec, nice=nice)
+                    secs, rate, rss = best[dec, nice]
+                    best[dec, nice] = (s_, r_, max(rss, m_)) if r_ > rate else (secs, rate, max(rss, m_))
+            for (dec, nice), (secs, rate, rss) in best.items():
+                row = {"n": n, "decoders": dec, "nice": nice, "plain_per_s": round(base),
+                       "job_local_per_s": round(rate), "ratio_local": round(rate / base, 3),
+                       "job_local_end_to_end_s": round(secs, 2), "job_peak_rss_mb": round(rss, 1)}
+                if a.ray:
+                    rsecs, rrate, _ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"ray{n}-{dec}-{nice}", "ray",
+                                          decoders=dec, nice=nice)
+                    row |= {"job_ray_per_s": round(rrate), "ratio_ray": round(rrate / base, 3),
+                            "job_ray_end_to_end_s": round(rsecs, 2)}
+                rows.append(row)
+                print(json.dumps(row))
+        first = [r for r in rows if (r["decoders"], r["nice"]) == settings[0]]
         print(f"peak RSS growth {a.sizes[0]} -> {a.sizes[-1]} samples: "
-              f"{rows[-1]['job_peak_rss_mb'] - rows[0]['job_peak_rss_mb']:+.1f} MB")
-
+              f"{first[-1]['job_peak_rss_mb'] - first[0]['job_peak_rss_mb']:+.1f} MB")
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,9 @@ actor pool gives the same benefit as ``ActorPoolStrategy`` (model loaded once pe
 inside). Pool size defaults to CPUs - 1 (ecosystem.md §2.1: 2 actors on 2 CPUs deadlock), and
 ``--local`` runs the same per-shard code in-process without Ray (tests, laptops).
 
-Memory is bounded by one shard's output (codes + optional features, ~1.2 MB for 1000 samples at
-D=300) plus one batch of images, never by the corpus. ``codes_manifest.json`` is written last.
+Shards are read and decoded by ``decoders`` processes beside the model (eval/decoding.py says why).
+Memory is bounded by one shard's output per decoder (codes + optional features, ~1.2 MB for 1000
+samples at D=300) plus about two batches per decoder, never by the corpus. ``codes_manifest.json`` is written last.
 """
 from __future__ import annotations
 
@@ -25,9 +26,7 @@ import itertools
 import json
 import logging
 import os
-import queue
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from eval.decoding import Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
 from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
 from shards import storage
 from shards.manifest import Manifest, sha256_of
@@ -57,6 +57,10 @@ class EncodeConfig:
     gpus_per_actor: float = -1.0
     progress_every_s: float = 10.0
     max_shards: int = 0  # encode at most this many new shards in this run, then stop (0: all)
+    # Processes that read and decode shards beside the model (eval/decoding.py); 0: a thread in the
+    # model's process. Each Ray actor call hands an actor this many shards, one per decoder.
+    decoders: int = 1
+    decode_nice: int = 10  # the decoders' scheduling priority below the model's (0: the same)
 
 
 class EncodeError(ValueError):
@@ -79,57 +83,6 @@ def checkpoint_identity(checkpoint: str) -> dict:
     return {"meta": meta, "sha256": hashes}
 
 
-def prefetch(it, depth: int = 2):
-    """Iterate ``it`` in a background thread, ``depth`` items ahead: tar parsing (Python) and image
-    decoding (Pillow, GIL released) overlap the model's forward pass (torch releases the GIL).
-    Memory stays bounded by ``depth`` batches. Exceptions from the producer are re-raised here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    end = object()
-
-    def produce():
-        try:
-            for item in it:
-                q.put(item)
-            q.put(end)
-        except BaseException as exn:  # noqa: BLE001 - handed to the consumer
-            q.put(exn)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is end:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-@dataclass
-class Batch:
-    """Samples on their way to the model; ``shard`` is each row's position in the task list, and
-    ``ended`` the shards whose last sample is in this batch or before it."""
-
-    shard: list[int] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    index: list[int] = field(default_factory=list)
-    labels: list[list[str]] = field(default_factory=list)
-    xs: list[np.ndarray] = field(default_factory=list)
-    ended: list[int] = field(default_factory=list)
-    x: np.ndarray | None = None  # the xs stacked, by the reading thread
-
-    def add(self, shard: int, key: str, index: int, labels: list[str], x: np.ndarray) -> None:
-        self.shard.append(shard)
-        self.keys.append(key)
-        self.index.append(index)
-        self.labels.append(labels)
-        self.xs.append(x)
-
-    def stacked(self) -> Batch:
-        if self.xs:
-            self.x, self.xs = np.stack(self.xs), []
-        return self
-
-
 @dataclass
 class ShardRows:
     """One shard's encoded rows, kept until its last sample has been through the model."""
@@ -150,7 +103,8 @@ class ShardRows:
 
 
 class ShardEncoder:
-    """Loads the checkpoint once; ``encode_shard`` turns one input shard into one code file."""
+    """Loads the checkpoint and starts its decoders once; ``encode_shards`` turns each input shard
+    into one code file."""
 
     def __init__(self, checkpoint: str, cfg: EncodeConfig):
         from trainer.checkpoint_io import load_inference
@@ -166,44 +120,29 @@ class ShardEncoder:
         self.image_size = cfg.image_size or self.model.image_size
         if not self.features_only and not self.image_size:
             raise EncodeError(f"checkpoint {checkpoint} records no image_size: pass image_size=<pixels>")
+        if cfg.decoders < 0:
+            raise EncodeError(f"decoders={cfg.decoders}: the number of decoder processes is 0 (a thread) or more")
+        self.spec = ReadSpec(cfg.batch_size, self.features_only, self.in_features,
+                             None if self.features_only else self.image_size)
+        self.decoders: Decoders | None = None
+        self._start_decoders()  # with the model load, so their start-up is not in the encoding rate
 
-    def _batches(self, todo: list[tuple[str, int, str]], skips: list[Counter]) -> Iterator[Batch]:
-        """Full batches read across shard boundaries: the reading thread runs on into the next
-        shard while the model finishes this one (read shard by shard, every shard's first batch
-        waited for its decoding, and its last batch was short). Images leave here as uint8
-        pixels (``eval_pixels``: Pillow and numpy only, so this thread never starts an OpenMP
-        team of its own beside the model's)."""
-        from shards.images import decode_rgb
-        from shards.reader import raw_samples
-        from shards.schema import SampleError, decode_fields
-        from shards.transforms import eval_pixels
+    def _start_decoders(self) -> None:
+        if self.cfg.decoders and (self.decoders is None or not self.decoders.alive):
+            self.close()  # one died since the last call (or never started): start them all afresh
+            self.decoders = Decoders(self.spec, self.cfg.decoders, self.cfg.decode_nice)
 
-        b = Batch()
-        fields = {"feat.npy", "labels.json", "tags.json"} if self.features_only else None  # skip image bytes
-        for i, (url, offset, _) in enumerate(todo):
-            for pos, raw in raw_samples(url, skips[i], fields):
-                try:
-                    s = decode_fields(raw, need_image=not self.features_only)
-                    if self.features_only:
-                        if "feat" not in s:
-                            raise SampleError("missing_feat", f"{url}:{s['__key__']}: no feat.npy")
-                        x = np.asarray(s["feat"], dtype=np.float32)
-                        if self.in_features and x.shape != (self.in_features,):
-                            raise EncodeError(f"{url}:{s['__key__']}: feat.npy holds {x.size} values, the "
-                                              f"checkpoint's encoder takes {self.in_features}")
-                    else:
-                        x = eval_pixels(decode_rgb(s["image"], f"{url}:{s['__key__']}", min_side=self.image_size),
-                                        self.image_size)
-                except SampleError as exn:
-                    skips[i][exn.reason] += 1
-                    continue
-                b.add(i, s["__key__"], offset + pos, s["labels"], x)
-                if len(b.keys) == self.cfg.batch_size:
-                    yield b.stacked()
-                    b = Batch()
-            b.ended.append(i)
-        if b.ended:
-            yield b.stacked()
+    def _batches(self, todo: list[tuple[str, int, str]]) -> Iterator[Batch]:
+        tasks = [(i, url, offset) for i, (url, offset, _) in enumerate(todo)]
+        if not self.cfg.decoders:
+            return prefetch(read_batches(tasks, self.spec), depth=2)
+        self._start_decoders()
+        return self.decoders.batches(tasks)
+
+    def close(self) -> None:
+        if self.decoders is not None:
+            self.decoders.close()
+            self.decoders = None
 
     def _model_input(self, x: np.ndarray) -> torch.Tensor:
         """Pixels are normalised here, once per batch and on the model's device (4x less to copy)."""
@@ -215,11 +154,10 @@ class ShardEncoder:
     @torch.no_grad()
     def encode_shards(self, todo: list[tuple[str, int, str]]) -> Iterator[dict]:
         """Encode each ``(shard url, manifest offset, code file url)``; yields each shard's manifest
-        entry as soon as its code file is written. One reading thread, ``prefetch``-ed two batches
-        ahead, feeds the model across all of ``todo``."""
-        skips = [Counter() for _ in todo]
+        entry as soon as its code file is written. The decoders (or one reading thread) run ahead
+        of the model across all of ``todo``."""
         rows: dict[int, ShardRows] = {}
-        for b in prefetch(self._batches(todo, skips), depth=2):
+        for b in _as_encode_errors(self._batches(todo)):
             if b.keys:
                 f = self.model.embed(self._model_input(b.x))
                 c = torch.as_tensor(self.model.encode_embeddings(f)).to("cpu", torch.uint8).numpy()
@@ -230,9 +168,9 @@ class ShardEncoder:
                     rows.setdefault(i, ShardRows()).add(b, c, f, lo, hi)
                     lo = hi
             for i in b.ended:
-                yield self._write(todo[i], rows.pop(i, ShardRows()), skips[i])
+                yield self._write(todo[i], rows.pop(i, ShardRows()), b.skipped.get(i, {}))
 
-    def _write(self, task: tuple[str, int, str], r: ShardRows, skips: Counter) -> dict:
+    def _write(self, task: tuple[str, int, str], r: ShardRows, skips: dict) -> dict:
         url, _, out_url = task
         m, d = self.model.quantizer.M, self.model.quantizer.D
         data = pack_code_file(r.keys, np.asarray(r.index, np.int64),
@@ -243,10 +181,17 @@ class ShardEncoder:
         return {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": url, "rows": len(r.keys),
                 "sha256": hashlib.sha256(data).hexdigest(), "skipped": dict(skips)}
 
-    def encode_shard(self, url: str, offset: int, out_url: str) -> dict:
-        """One shard (the Ray actor call)."""
-        [entry] = self.encode_shards([(url, offset, out_url)])
-        return entry
+    def encode_group(self, todo: list[tuple[str, int, str]]) -> list[dict]:
+        """A few shards, one per decoder (the Ray actor call)."""
+        return list(self.encode_shards(todo))
+
+
+def _as_encode_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Input the decoders refuse becomes the job's one clear error."""
+    try:
+        yield from batches
+    except ReadError as exn:
+        raise EncodeError(str(exn)) from None
 
 
 def existing_entry(out_url: str, shard: str, m: int, with_features: bool) -> dict | None:
@@ -301,13 +246,16 @@ def _run_ray(checkpoint: str, todo: list[tuple[str, int, str]], cfg: EncodeConfi
         res = ray.cluster_resources()
         gpus = cfg.gpus_per_actor if cfg.gpus_per_actor >= 0 else (1.0 if res.get("GPU", 0) > 0 else 0.0)
         actors = cfg.actors or max(1, int(res.get("CPU", 2)) - 1)
-        actors = min(actors, len(todo))
+        per_call = max(1, cfg.decoders)
+        groups = [todo[i:i + per_call] for i in range(0, len(todo), per_call)]
+        actors = min(actors, len(groups))
         cls = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=gpus)(ShardEncoder)
         pool = ActorPool([cls.remote(checkpoint, cfg) for _ in range(actors)])
         out = []
-        for entry in pool.map_unordered(lambda a, t: a.encode_shard.remote(*t), todo):
-            out.append(entry)
-            progress.step(entry["rows"])
+        for entries in pool.map_unordered(lambda a, g: a.encode_group.remote(g), groups):
+            for entry in entries:
+                out.append(entry)
+                progress.step(entry["rows"])
         return out
     finally:
         if started:
@@ -358,9 +306,12 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     progress = Progress(len(todo), cfg.progress_every_s, log)  # rates exclude model loading
     if todo:
         if enc is not None:
-            for entry in enc.encode_shards(todo):
-                entries[entry["shard"]] = entry
-                progress.step(entry["rows"])
+            try:
+                for entry in enc.encode_shards(todo):
+                    entries[entry["shard"]] = entry
+                    progress.step(entry["rows"])
+            finally:
+                enc.close()
         else:
             for entry in _run_ray(checkpoint, todo, cfg, progress):
                 entries[entry["shard"]] = entry

@@ -21,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.scale.serving import IMG, by, conditions, finish, in_fresh_process, plot_slopes, report, rss_mb
+from benchmarks.scale.serving import (IMG, by, children_rss_mb, conditions, finish, in_fresh_process, plot_slopes,
+                                      report, rss_mb)
 
 FEAT = 256  # benchmarks.bench_encode's MLP input width
 
@@ -40,24 +41,27 @@ def encode(checkpoint: str, corpus: str, out: str, mode: str, batch_size: int = 
     """One encode job (run in a fresh process); mode "local" or "ray" (a 1-actor pool)."""
     from eval.encode import EncodeConfig, run
 
-    lines: list[tuple[str, float]] = []  # progress lines (one per shard) with this process's RSS then
+    lines: list[tuple[str, float, float]] = []  # progress lines (one per shard), this process's and its decoders' RSS
     stop, peak = threading.Event(), [0.0]
     sampler = threading.Thread(target=_actor_peak_mb, args=(stop, peak), daemon=True)
     if mode == "ray":
         sampler.start()
     t = time.perf_counter()
     m = run(checkpoint, corpus, out, EncodeConfig(batch_size=batch_size, actors=1, progress_every_s=0),
-            local=mode == "local", log=lambda s: lines.append((s, rss_mb())))
+            local=mode == "local", log=lambda s: lines.append((s, rss_mb(), children_rss_mb())))
     seconds = time.perf_counter() - t
     stop.set()
-    shards = [(s, rss) for s, rss in lines if s.startswith("encoded ")]
+    shards = [line for line in lines if line[0].startswith("encoded ")]
     rate = float(shards[-1][0].split(", ")[-1].split()[0].replace(",", ""))
     out_bytes = sum(f.stat().st_size for f in Path(out).glob("codes-*.npz"))
     row = {"n": m["total"], "mode": mode, "samples_per_s": rate, "end_to_end_s": round(seconds, 2),
            "code_bytes_per_item": round(out_bytes / m["total"], 1),
            # resident size after the 2nd shard (allocator warmed up) and after the last: a job that
            # keeps anything per sample grows between the two, whatever start-up transient set the peak
-           "rss_shard2_mb": round(shards[min(1, len(shards) - 1)][1], 1), "rss_end_mb": round(shards[-1][1], 1)}
+           "rss_shard2_mb": round(shards[min(1, len(shards) - 1)][1], 1), "rss_end_mb": round(shards[-1][1], 1),
+           # the same for the decoder processes, where the reading and decoding happen (--local)
+           "decoders_rss_shard2_mb": round(shards[min(1, len(shards) - 1)][2], 1),
+           "decoders_rss_end_mb": round(shards[-1][2], 1)}
     if mode == "ray":
         row["actor_peak_rss_mb"] = round(peak[0], 1)
     return row

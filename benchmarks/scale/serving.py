@@ -43,6 +43,13 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def children_rss_mb() -> float:
+    """Resident memory of this process's child processes now (MB): the encode job's decoders."""
+    import psutil
+
+    return sum(c.memory_info().rss for c in psutil.Process().children(recursive=True)) / 2**20
+
+
 def conditions() -> str:
     """Date and load at measurement time (the box is shared; timings are read against this line)."""
     load = os.getloadavg()

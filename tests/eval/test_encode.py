@@ -275,13 +275,17 @@ def test_eval_transform_on_real_photos_is_within_one_grey_level_of_the_float_res
         assert off.max() <= ONE_GREY_LEVEL and off.mean() < 0.4, (k, off.max(), off.mean())
 
 
-def test_image_job_reads_across_shards_into_full_batches_and_equals_the_readers_eval_path(tmp_path):
-    """The job's batches span shard boundaries (the model only ever sees full batches) and its
-    codes equal the model on the reader's eval-mode tensors; a shard with no usable sample still
-    gets its (empty) code file and its skips counted."""
-    from eval.encode import ShardEncoder
+def _tasks(tmp_path):
+    """``ShardEncoder.encode_shards``' task list for every shard of ``tmp_path/corpus``."""
     from shards.manifest import Manifest
-    from shards.reader import ReaderConfig, make_loader
+
+    source = Manifest.load(str(tmp_path / "corpus"))
+    return [(u, o, str(tmp_path / f"codes-{i}.npz")) for i, (u, o) in enumerate(zip(source.shard_urls(),
+                                                                                      source.offsets()))]
+
+
+def _image_corpus_with_a_corrupt_shard(tmp_path):
+    """18 JPEGs of three sizes in shards of 5; the second shard's 5 images are not JPEGs."""
     from shards.schema import encode_sample
     from shards.writer import ShardSetWriter
 
@@ -292,18 +296,31 @@ def test_image_job_reads_across_shards_into_full_batches_and_equals_the_readers_
         w.write(encode_sample(f"k{i:03d}", data, "jpg", ["t"], ["a" if i % 2 else "b"]))
     w.close()
     _image_checkpoint(tmp_path / "ckpt", image_size=32)
-    source = Manifest.load(str(tmp_path / "corpus"))
-    todo = [(u, o, str(tmp_path / f"codes-{i}.npz")) for i, (u, o) in
-            enumerate(zip(source.shard_urls(), source.offsets()))]
-    enc = ShardEncoder(str(tmp_path / "ckpt"), EncodeConfig(batch_size=4))
+
+
+@pytest.mark.parametrize("decoders, batch_sizes", [(0, [1, 4, 4, 4]), (1, [1, 4, 4, 4]), (2, [2, 3, 4, 4])])
+def test_image_job_reads_across_shards_into_full_batches_and_equals_the_readers_eval_path(
+        tmp_path, decoders, batch_sizes):
+    """The job's batches span shard boundaries (the model only sees full batches, but the last of
+    each decoder's stream) and its codes equal the model on the reader's eval-mode tensors, whether
+    a thread (0) or decoder processes read; a shard with no usable sample still gets its (empty) code
+    file and its skips counted. Two decoders read shards 0, 2 (10 rows) and 1, 3 (3 rows)."""
+    from eval.codes import read_code_file
+    from eval.encode import ShardEncoder
+    from shards.reader import ReaderConfig, make_loader
+
+    _image_corpus_with_a_corrupt_shard(tmp_path)
+    todo = _tasks(tmp_path)
+    enc = ShardEncoder(str(tmp_path / "ckpt"), EncodeConfig(batch_size=4, decoders=decoders))
     sizes, embed = [], enc.model.embed
     enc.model.embed = lambda x: sizes.append(len(x)) or embed(x)
-    entries = list(enc.encode_shards(todo))
-    assert sizes == [4, 4, 4, 1]  # 13 usable samples in shards of 5, 0, 5, 3
+    try:
+        entries = sorted(enc.encode_shards(todo), key=lambda e: e["shard"])
+    finally:
+        enc.close()
+    assert sorted(sizes) == batch_sizes  # 13 usable samples in shards of 5, 0, 5, 3
     assert [e["rows"] for e in entries] == [5, 0, 5, 3]
     assert [e["skipped"] for e in entries] == [{}, {"corrupt_image": 5}, {}, {}]
-    from eval.codes import read_code_file
-
     got = [read_code_file(t[2], Path(t[2]).read_bytes()) for t in todo]
     batch = next(iter(make_loader(str(tmp_path / "corpus"), ReaderConfig(batch_size=20, image_size=32,
                                                                          num_workers=0), train=False)))
@@ -313,6 +330,55 @@ def test_image_job_reads_across_shards_into_full_batches_and_equals_the_readers_
     assert np.array_equal(np.concatenate([d["codes"] for d in got]), model.encode(batch["image"]).numpy())
     np.testing.assert_allclose(np.concatenate([d["feat"] for d in got]), model.embed(batch["image"]).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_decoders_run_niced_and_a_killed_decoder_is_one_clear_error_then_replaced(tmp_path):
+    import multiprocessing
+
+    from eval.encode import ShardEncoder
+
+    write_corpus(tmp_path / "corpus", 2400, 60)  # 800 batches: more than a pipe buffers ahead of the job
+    make_checkpoint(tmp_path / "ckpt")
+    todo = _tasks(tmp_path)
+    enc = ShardEncoder(str(tmp_path / "ckpt"), EncodeConfig(batch_size=3, decoders=2, decode_nice=7))
+    try:
+        assert sum(e["rows"] for e in enc.encode_shards(todo[:2])) == 120
+        # by now each decoder has served a request, so it has set its priority
+        assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in enc.decoders.procs] == [os.nice(0) + 7] * 2
+        # killed between two calls: replaced before the next call reads anything
+        enc.decoders.procs[1].kill()
+        enc.decoders.procs[1].join(timeout=30)
+        assert sum(e["rows"] for e in enc.encode_shards(todo[:2])) == 120
+        survivors = {p.pid for p in multiprocessing.active_children()}
+        assert survivors == {p.pid for p in enc.decoders.procs}  # the old one's survivor was closed
+        # killed in the middle of a call: one clear error, and the other decoder is closed with it
+        calls = enc.encode_shards(todo)
+        next(calls)
+        enc.decoders.procs[0].kill()
+        with pytest.raises(RuntimeError, match=r"^decoder process wsdhq-decoder-0 died \(exit code -9\)$"):
+            list(calls)
+        assert multiprocessing.active_children() == []
+        assert sum(e["rows"] for e in enc.encode_shards(todo)) == 2400  # fresh decoders
+    finally:
+        enc.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_local_run_leaves_no_decoder_process_behind_even_when_the_input_is_refused(tmp_path):
+    import multiprocessing
+
+    write_corpus(tmp_path / "corpus", 6, 3, feat_dim=12)
+    make_checkpoint(tmp_path / "ckpt", feat_dim=16)
+    for decoders in (0, 2):
+        # two decoders: whichever reads its first sample first names it
+        with pytest.raises(EncodeError, match=r"shard-00000[01].tar:item0000[03]: feat.npy holds 12 values, the "
+                                              r"checkpoint's encoder takes 16$"):
+            run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / f"codes{decoders}",
+                EncodeConfig(decoders=decoders), local=True, **QUIET)
+        assert multiprocessing.active_children() == []
+    with pytest.raises(EncodeError, match=r"decoders=-1: the number of decoder processes is 0 \(a thread\) or more"):
+        run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes-1", EncodeConfig(decoders=-1), local=True,
+            **QUIET)
 
 
 def test_features_of_another_width_than_the_encoder_takes_are_refused_naming_the_sample(tmp_path):
