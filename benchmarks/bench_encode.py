@@ -222,7 +222,7 @@ from eval.encode import EncodeConfig, run
 lines = []
 t = time.perf_counter()
 cfg = EncodeConfig(batch_size=int(sys.argv[5]), image_size=int(sys.argv[6]), actors=1, decoders=int(sys.argv[7]),
-                   decode_nice=int(sys.argv[8]))
+                   decode_nice=int(sys.argv[8]), decoder_min_samples=0)
 run(sys.argv[1], sys.argv[2], sys.argv[3], cfg, local=sys.argv[4] == "local", log=lines.append)
 rate = [s for s in lines if s.startswith("encoded ")][-1].split(", ")[-1].split()[0].replace(",", "")
 print(time.perf_counter() - t, rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

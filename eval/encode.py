@@ -20,6 +20,7 @@ samples at D=300) plus about two batches per decoder, never by the corpus. ``cod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -61,10 +62,18 @@ class EncodeConfig:
     # model's process. Each Ray actor call hands an actor this many shards, one per decoder.
     decoders: int = 1
     decode_nice: int = 10  # the decoders' scheduling priority below the model's (0: the same)
+    # A job with fewer samples left than this reads in a thread: a decoder's start-up (a fresh
+    # interpreter importing torch, ~2-4 s) costs more than it saves on a job of seconds.
+    decoder_min_samples: int = 20_000
 
 
 class EncodeError(ValueError):
     """The job cannot run as asked; the message names the culprit."""
+
+
+def check_config(cfg: EncodeConfig) -> None:
+    if cfg.decoders < 0:
+        raise EncodeError(f"decoders={cfg.decoders}: the number of decoder processes is 0 (a thread) or more")
 
 
 def checkpoint_identity(checkpoint: str) -> dict:
@@ -120,8 +129,7 @@ class ShardEncoder:
         self.image_size = cfg.image_size or self.model.image_size
         if not self.features_only and not self.image_size:
             raise EncodeError(f"checkpoint {checkpoint} records no image_size: pass image_size=<pixels>")
-        if cfg.decoders < 0:
-            raise EncodeError(f"decoders={cfg.decoders}: the number of decoder processes is 0 (a thread) or more")
+        check_config(cfg)
         self.spec = ReadSpec(cfg.batch_size, self.features_only, self.in_features,
                              None if self.features_only else self.image_size)
         self.decoders: Decoders | None = None
@@ -265,6 +273,7 @@ def _run_ray(checkpoint: str, todo: list[tuple[str, int, str]], cfg: EncodeConfi
 def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool = False, log=print) -> dict | None:
     """Encode every shard not yet encoded; write the manifest when all are done (returns it), else None."""
     checkpoint, shards, out = str(checkpoint), str(shards), str(out)
+    check_config(cfg)
     source = Manifest.load(shards)
     ident = checkpoint_identity(checkpoint)
     meta = ident["meta"]
@@ -302,6 +311,11 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     log(f"{len(urls)} shards in {source.url}: {len(entries)} already encoded, {len(todo)} to do")
     if cfg.max_shards:
         todo = todo[: cfg.max_shards]
+    count_of = dict(zip(urls, (e.count for e in source.shards)))
+    left = sum(count_of[url] for url, _, _ in todo)
+    if cfg.decoders and 0 < left < cfg.decoder_min_samples:
+        cfg = dataclasses.replace(cfg, decoders=0)
+        log(f"{left:,} samples to encode (< decoder_min_samples={cfg.decoder_min_samples:,}): reading in a thread")
     enc = ShardEncoder(checkpoint, cfg) if todo and local else None
     progress = Progress(len(todo), cfg.progress_every_s, log)  # rates exclude model loading
     if todo:

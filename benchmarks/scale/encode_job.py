@@ -47,7 +47,8 @@ def encode(checkpoint: str, corpus: str, out: str, mode: str, batch_size: int = 
     if mode == "ray":
         sampler.start()
     t = time.perf_counter()
-    m = run(checkpoint, corpus, out, EncodeConfig(batch_size=batch_size, actors=1, progress_every_s=0),
+    m = run(checkpoint, corpus, out, EncodeConfig(batch_size=batch_size, actors=1, progress_every_s=0,
+                                                 decoder_min_samples=0),
             local=mode == "local", log=lambda s: lines.append((s, rss_mb(), children_rss_mb())))
     seconds = time.perf_counter() - t
     stop.set()

@@ -146,9 +146,9 @@ def test_encode_with_a_ray_actor_pool_equals_the_local_encode(tmp_path, ray_loca
     write_corpus(tmp_path / "corpus", 40, 10)
     make_checkpoint(tmp_path / "ckpt")
     lines = []
-    m = run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "ray", EncodeConfig(actors=1, progress_every_s=0),
-            log=lines.append)
-    assert m["total"] == 40
+    cfg = EncodeConfig(actors=1, progress_every_s=0, decoders=2, decoder_min_samples=0)  # 2 shards per call
+    m = run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "ray", cfg, log=lines.append)
+    assert m["total"] == 40 and m["config"]["decoders"] == 2
     assert any(s.startswith("encoded 4/4 shards, 40 samples,") and s.endswith("samples/s") for s in lines)
     run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "local", EncodeConfig(), local=True, **QUIET)
     a, b = load_code_set(tmp_path / "ray"), load_code_set(tmp_path / "local")
@@ -364,6 +364,21 @@ def test_decoders_run_niced_and_a_killed_decoder_is_one_clear_error_then_replace
     assert multiprocessing.active_children() == []
 
 
+def test_a_job_smaller_than_decoder_min_samples_reads_in_a_thread_and_says_so(tmp_path):
+    write_corpus(tmp_path / "corpus", 30, 10)
+    make_checkpoint(tmp_path / "ckpt")
+    lines = []
+    m = run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "a", EncodeConfig(decoder_min_samples=31), local=True,
+            log=lines.append)
+    assert "30 samples to encode (< decoder_min_samples=31): reading in a thread" in lines
+    assert m["config"]["decoders"] == 0
+    lines = []
+    m = run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "b", EncodeConfig(decoder_min_samples=30), local=True,
+            log=lines.append)
+    assert not any("reading in a thread" in s for s in lines) and m["config"]["decoders"] == 1
+    assert np.array_equal(load_code_set(tmp_path / "a").codes, load_code_set(tmp_path / "b").codes)
+
+
 def test_local_run_leaves_no_decoder_process_behind_even_when_the_input_is_refused(tmp_path):
     import multiprocessing
 
@@ -374,7 +389,7 @@ def test_local_run_leaves_no_decoder_process_behind_even_when_the_input_is_refus
         with pytest.raises(EncodeError, match=r"shard-00000[01].tar:item0000[03]: feat.npy holds 12 values, the "
                                               r"checkpoint's encoder takes 16$"):
             run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / f"codes{decoders}",
-                EncodeConfig(decoders=decoders), local=True, **QUIET)
+                EncodeConfig(decoders=decoders, decoder_min_samples=0), local=True, **QUIET)
         assert multiprocessing.active_children() == []
     with pytest.raises(EncodeError, match=r"decoders=-1: the number of decoder processes is 0 \(a thread\) or more"):
         run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes-1", EncodeConfig(decoders=-1), local=True,
