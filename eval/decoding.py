@@ -204,20 +204,21 @@ class Decoders:
         """Batches of every shard in ``todo``, in the order the decoders finish them."""
         n = len(self.conns)
         active = {}
-        for j, conn in enumerate(self.conns):
-            mine = todo[j::n]
-            if mine:
-                conn.send_bytes(json.dumps(mine).encode("utf-8"))
-                active[conn] = j
         try:
+            for j, conn in enumerate(self.conns):
+                mine = todo[j::n]
+                if mine:
+                    active[conn] = j
+                    try:
+                        conn.send_bytes(json.dumps(mine).encode("utf-8"))
+                    except OSError:
+                        raise self._died(j) from None
             while active:
                 for conn in wait(list(active)):
                     try:
                         msg = _recv(conn)
                     except (EOFError, OSError):
-                        p = self.procs[active[conn]]
-                        p.join(timeout=1)
-                        raise RuntimeError(f"decoder process {p.name} died (exit code {p.exitcode})") from None
+                        raise self._died(active[conn]) from None
                     if msg.get("done"):
                         del active[conn]
                     elif "error" in msg:
@@ -228,6 +229,11 @@ class Decoders:
         except BaseException:
             self.close()  # a call left half-read cannot be resumed: the next one starts fresh processes
             raise
+
+    def _died(self, j: int) -> RuntimeError:
+        p = self.procs[j]
+        p.join(timeout=1)
+        return RuntimeError(f"decoder process {p.name} died (exit code {p.exitcode})")
 
     @property
     def alive(self) -> bool:
