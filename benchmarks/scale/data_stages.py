@@ -147,7 +147,7 @@ def point_tags(n: int, corpus: str, tasks: int, label_sample: int | None) -> dic
             "vocab_tags": counts.stats["vocab_tags"], "cooc_nnz": int(counts.cooc.nnz)}
 
 
-def point_train(n: int, corpus: str, tags: str, workers: int, storage: str, M: int) -> dict:
+def point_train(n: int, corpus: str, tags: str, workers: int, storage: str, M: int, epochs: int = 2) -> dict:
     import ray
 
     from trainer import config as config_lib
@@ -161,9 +161,9 @@ def point_train(n: int, corpus: str, tags: str, workers: int, storage: str, M: i
         "reader": {"batch_size": 256, "features_only": True, "num_workers": 0, "shuffle_buffer": 1000},
         "encoder": {"kind": "mlp", "in_features": CorpusConfig().dim, "hidden": 256},
         "method": {"embed_dim": dim, "M": M, "K": K, "code_update_every": 1},
-        "training": {"epochs": 2},
+        "training": {"epochs": epochs},
         "scaling": {"num_workers": workers, "collective_timeout_s": 1800},
-        "storage": {"path": storage, "name": f"n{n}_w{workers}_m{M}"},
+        "storage": {"path": storage, "name": f"n{n}_w{workers}_m{M}_e{epochs}"},
     })
     ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
@@ -219,6 +219,7 @@ def point(argv: list[str]) -> dict:
     ap.add_argument("--M", type=int, default=2)
     ap.add_argument("--tags", default="")
     ap.add_argument("--storage", default="")
+    ap.add_argument("--epochs", type=int, default=2, help="train: epochs (the last one is reported)")
     a = ap.parse_args(argv)
     base = rss_mib()
     if a.stage == "write":
@@ -230,7 +231,7 @@ def point(argv: list[str]) -> dict:
     elif a.stage == "tags":
         r = point_tags(a.n, a.corpus, a.tasks, a.label_sample)
     elif a.stage == "train":
-        r = point_train(a.n, a.corpus, a.tags, a.workers, a.storage, a.M)
+        r = point_train(a.n, a.corpus, a.tags, a.workers, a.storage, a.M, a.epochs)
     else:
         r = point_update(a.n, a.M)
     return {"stage": a.stage, "n": a.n, "vocab": a.vocab, "path": a.path, "tasks": a.tasks, "workers": a.workers,
@@ -301,9 +302,10 @@ def measure(a: argparse.Namespace) -> None:
                                capture_output=True, cwd=Path(__file__).resolve().parents[2])
             for n in a.train_ns:
                 corpus = _ensure_corpus(a.work, n, V, results)
-                for w in (1, 2):
+                for w in a.train_workers:
                     _record(results, run_point(["train", "--n", n, "--corpus", corpus, "--tags", tags,
-                                                "--workers", w, "--storage", str(Path(a.work) / "runs")]))
+                                                "--workers", w, "--storage", str(Path(a.work) / "runs"),
+                                                "--epochs", a.train_epochs]))
         elif stage == "update":
             for M in a.Ms:
                 for n in a.update_ns:
@@ -426,17 +428,18 @@ def _report_train(rows: list[dict], img: Path, plot_loglog) -> None:
     train = [r for r in rows if r["stage"] == "train"]
     if not train:
         return
-    print("\n### training (features mode, MLP, M=2 K=256, batch 256, 2 epochs, update after each)\n")
-    print("| N | workers | epoch 2 s | samples/s | data-wait | update s (epoch 2) | of it embed s | "
+    print("\n### training (features mode, MLP, M=2 K=256, batch 256, update after each epoch; the last epoch)\n")
+    print("| N | workers | epoch | epoch s | samples/s | data-wait | update s | of it embed s | "
           "ICM+all-reduce+solve s | update share | fit() wall s | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     series: dict[str, tuple[list, list]] = {}
     for w in sorted({r["workers"] for r in train}):
         best = _best(train, workers=w)
         for n, r in best.items():
             e = r["epochs"][-1]
             up, emb = e["codebook_update_seconds"], e["codebook_embed_seconds"]
-            print(f"| {n:,} | {w} | {e['epoch_seconds']:.2f} | {e['samples_per_s']:,.0f} | "
+            print(f"| {n:,} | {w} | {e['epoch'] + 1} of {len(r['epochs'])} | {e['epoch_seconds']:.2f} | "
+                  f"{e['samples_per_s']:,.0f} | "
                   f"{100 * e['data_wait_fraction']:.0f}% | {up:.2f} | {emb:.2f} | {up - emb:.2f} | "
                   f"{100 * up / (up + e['epoch_seconds']):.1f}% ({100 * (up - emb) / (up + e['epoch_seconds']):.1f}% "
                   f"without embed) | {r['seconds']:.1f} | {r['load']:.1f} |")
@@ -480,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocabs", type=int, nargs="+", default=[10**3, 10**4, 10**5])
     ap.add_argument("--vocab-n", type=int, default=3 * 10**4)
     ap.add_argument("--train-ns", type=int, nargs="+", default=[10**4, 3 * 10**4, 10**5])
+    ap.add_argument("--train-workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--train-epochs", type=int, default=2,
+                    help="the last epoch is reported; with 1, its update includes the k-means start")
     ap.add_argument("--update-ns", type=int, nargs="+", default=[10**4, 10**5, 3 * 10**5])
     ap.add_argument("--Ms", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--work", default="/tmp/scale-data")
