@@ -248,6 +248,7 @@ def train_epoch(run: WorkerRun, state: TrainState, epoch: int) -> tuple[dict[str
         for k, v in terms.items():
             sums[k] += v
         state.step += 1
+    clock.stop()
     return {k: v / max(n_batches, 1) for k, v in sums.items()}, clock
 
 

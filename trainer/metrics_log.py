@@ -18,12 +18,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 @dataclass
 class EpochClock:
-    """Splits an epoch's wall time into waiting for data and everything else."""
+    """Splits an epoch's training pass into waiting for data and everything else. ``stop`` ends
+    the pass: the loop reports after the codebook update, which has its own clock."""
 
     start: float = field(default_factory=time.perf_counter)
     data_wait: float = 0.0
     samples: int = 0
     _mark: float = 0.0
+    end: float | None = None  # set by ``stop``: the codebook update after the pass is not the epoch's
 
     def before_fetch(self) -> None:
         self._mark = time.perf_counter()
@@ -32,8 +34,11 @@ class EpochClock:
         self.data_wait += time.perf_counter() - self._mark
         self.samples += batch_size
 
+    def stop(self) -> None:
+        self.end = time.perf_counter()
+
     def summary(self) -> dict[str, float]:
-        seconds = max(time.perf_counter() - self.start, 1e-9)
+        seconds = max((self.end or time.perf_counter()) - self.start, 1e-9)
         return {"epoch_seconds": seconds, "samples_per_s": self.samples / seconds,
                 "data_wait_fraction": self.data_wait / seconds}
 

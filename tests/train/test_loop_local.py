@@ -49,3 +49,21 @@ def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_f
 
     model = load_inference(str(final))
     assert torch.equal(model.quantizer.codebooks, loaded.method_state["codebooks"].float())
+
+
+def test_epoch_clock_stops_at_the_end_of_the_pass_so_the_codebook_update_is_not_counted_twice():
+    """Regression: the epoch record was taken after the codebook update, so ``epoch_seconds`` (and
+    samples/s) included the update that ``codebook_update_seconds`` reports beside it."""
+    import time
+
+    from trainer.metrics_log import EpochClock
+
+    clock = EpochClock()
+    clock.before_fetch()
+    time.sleep(0.05)
+    clock.after_fetch(8)
+    clock.stop()
+    time.sleep(0.3)  # the update
+    t = clock.summary()
+    assert 0.05 <= t["epoch_seconds"] < 0.25
+    assert t["samples_per_s"] == 8 / t["epoch_seconds"] and 0.2 < t["data_wait_fraction"] <= 1.0
