@@ -15,7 +15,8 @@ inside). Pool size defaults to CPUs - 1 (ecosystem.md §2.1: 2 actors on 2 CPUs 
 
 Shards are read and decoded by ``decoders`` processes beside the model (eval/decoding.py says why).
 Memory is bounded by one shard's output per decoder (codes + optional features, ~1.2 MB for 1000
-samples at D=300) plus about two batches per decoder, never by the corpus. ``codes_manifest.json`` is written last.
+samples at D=300) plus about two batches per decoder, never by the corpus. ``codes_manifest.json``
+is written last.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from eval.decoding import Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
 from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
+from eval.decoding import Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
 from shards import storage
 from shards.manifest import Manifest, sha256_of
 from trainer import config as tconfig
