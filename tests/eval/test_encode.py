@@ -64,7 +64,7 @@ def test_rerun_of_a_finished_job_skips_every_shard_and_changes_nothing(tmp_path)
 
 def test_encode_job_killed_half_way_then_rerun_has_exactly_one_row_per_key(tmp_path):
     corpus, out = tmp_path / "corpus", tmp_path / "codes"
-    write_corpus(corpus, 240, 8)  # 30 shards
+    write_corpus(corpus, 1200, 20)  # 60 shards: a job a poll cannot miss the middle of
     make_checkpoint(tmp_path / "ckpt")
     cmd = [sys.executable, "-m", "eval.encode", "--local", "--checkpoint", str(tmp_path / "ckpt"),
            "--shards", str(corpus), "--out", str(out), "batch_size=4"]
@@ -81,16 +81,16 @@ def test_encode_job_killed_half_way_then_rerun_has_exactly_one_row_per_key(tmp_p
             proc.kill()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     written = len(list(out.glob("codes-*.npz")))
-    assert 3 <= written < 30 and not (out / "codes_manifest.json").exists()
+    assert 3 <= written < 60 and not (out / "codes_manifest.json").exists()
     # a write the kill interrupted leaves only a hidden temp file; simulate one to prove it is cleaned
     (out / ".codes-shard-000029.npz.abc123.tmp").write_bytes(b"partial")
     lines = []
     m = run(tmp_path / "ckpt", corpus, out, EncodeConfig(), local=True, log=lines.append)
-    assert any(f"{written} already encoded, {30 - written} to do" in s for s in lines)
+    assert any(f"{written} already encoded, {60 - written} to do" in s for s in lines)
     assert any("removed 1 temp file" in s for s in lines)
     cs = load_code_set(out)
-    assert len(cs) == 240 and len(set(cs.keys.tolist())) == 240 and m["total"] == 240
-    assert sorted(cs.index.tolist()) == list(range(240))
+    assert len(cs) == 1200 and len(set(cs.keys.tolist())) == 1200 and m["total"] == 1200
+    assert sorted(cs.index.tolist()) == list(range(1200))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert np.array_equal(cs.codes, _expected(corpus, tmp_path / "ckpt")[1])
 
