@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wsdhq-installed
-EXTRAS ?= dev,faiss,deepspeed,glove
+EXTRAS ?= dev,faiss,deepspeed,glove,pretrained
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench clean-runs
