@@ -16,6 +16,8 @@ COMMANDS = {
     "train": ("trainer.train", "train WSDHQ / DPQ on Ray Train"),
     "encode": ("eval.encode", "encode a corpus into codes (a Ray job)"),
     "evaluate": ("eval.evaluate", "retrieval evaluation and report"),
+    "index": ("eval.index", "build a searchable faiss index from a code set"),
+    "search": ("eval.search", "top-k by image, by key or by tags over an index"),
     "ray": ("cluster.local", "start / stop a local Ray head, submit and follow jobs"),
 }
 

@@ -141,28 +141,43 @@ def load_codebooks(url: str) -> tuple[str, np.ndarray]:
     return q.kind, q.codebooks.detach().cpu().numpy().astype(np.float32)
 
 
-def load_code_set(url: str, with_features: bool = True) -> CodeSet:
-    """Read a finished code set, checking every file against the manifest and the codebooks."""
-    url = str(url)
-    m = load_manifest(url)
+def read_listed_file(url: str, entry: dict, codebooks: np.ndarray) -> dict[str, np.ndarray]:
+    """One code file of the manifest, checked against its listed rows and the codebooks' M and K."""
+    mm, kk = codebooks.shape[:2]
+    furl = storage.join(url, entry["url"])
+    d = read_code_file(furl)
+    n = len(d["key"])
+    if n != entry["rows"]:
+        raise CodeSetError(f"{furl}: {n} rows but {MANIFEST} lists {entry['rows']}")
+    if d["codes"].ndim != 2 or d["codes"].shape[1] != mm:
+        raise CodeSetError(f"{furl}: codes have shape {d['codes'].shape}, but the codebooks have M={mm} "
+                           f"levels (codes from another quantizer?)")
+    if n and int(d["codes"].max()) >= kk:
+        raise CodeSetError(f"{furl}: code value {int(d['codes'].max())} >= K={kk}")
+    return d
+
+
+def load_checked_codebooks(url: str, m: dict) -> np.ndarray:
+    """The code set's codebooks, which must agree with its manifest's kind, M and K."""
     kind, codebooks = load_codebooks(url)
     mm, kk = codebooks.shape[:2]
     if (m["M"], m["K"]) != (mm, kk) or m["quantizer_kind"] != kind:
         raise CodeSetError(f"{url}: manifest says {m['quantizer_kind']} M={m['M']} K={m['K']} but "
                            f"quantizer.npz holds {kind} M={mm} K={kk}")
+    return codebooks
+
+
+def load_code_set(url: str, with_features: bool = True) -> CodeSet:
+    """Read a finished code set, checking every file against the manifest and the codebooks."""
+    url = str(url)
+    m = load_manifest(url)
+    codebooks = load_checked_codebooks(url, m)
+    mm = codebooks.shape[0]
     parts: dict[str, list] = {"key": [], "index": [], "codes": [], "labels": [], "feat": []}
     combo_ids: dict[str, int] = {}
     for entry in m["files"]:
-        furl = storage.join(url, entry["url"])
-        d = read_code_file(furl)
+        d = read_listed_file(url, entry, codebooks)
         n = len(d["key"])
-        if n != entry["rows"]:
-            raise CodeSetError(f"{furl}: {n} rows but {MANIFEST} lists {entry['rows']}")
-        if d["codes"].ndim != 2 or d["codes"].shape[1] != mm:
-            raise CodeSetError(f"{furl}: codes have shape {d['codes'].shape}, but the codebooks have M={mm} "
-                               f"levels (codes from another quantizer?)")
-        if n and int(d["codes"].max()) >= kk:
-            raise CodeSetError(f"{furl}: code value {int(d['codes'].max())} >= K={kk}")
         for k in ("key", "index", "codes"):
             parts[k].append(d[k])
         file_combos, inverse = np.unique(d["labels"], return_inverse=True)
@@ -170,7 +185,8 @@ def load_code_set(url: str, with_features: bool = True) -> CodeSet:
         parts["labels"].append(ids[inverse.reshape(-1)] if n else np.zeros(0, np.int32))
         if with_features and m.get("has_features"):
             if "feat" not in d:
-                raise CodeSetError(f"{furl}: manifest says features are stored but the file has none")
+                raise CodeSetError(f"{storage.join(url, entry['url'])}: manifest says features are stored "
+                                   "but the file has none")
             parts["feat"].append(d["feat"])
     keys = np.concatenate(parts["key"]) if parts["key"] else np.zeros(0, str)
     if len(np.unique(keys)) != len(keys):

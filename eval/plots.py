@@ -55,7 +55,8 @@ def map_vs_bits(rows: list[dict], path: str, convention: str, k_label: str) -> N
 
 def retrieval_grid(query_images: list[np.ndarray], results: list[list[np.ndarray]],
                    relevant: list[list[bool]], titles: list[str], path: str) -> None:
-    """One row per query: the query image, then its top results framed green (relevant) or red."""
+    """One row per query: the query image, then its top results framed green (relevant), red (not)
+    or grey (``None``: unknown, e.g. a tag query)."""
     rows, cols = len(query_images), 1 + max((len(r) for r in results), default=0)
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows), squeeze=False)
     for r in range(rows):
@@ -74,7 +75,8 @@ def retrieval_grid(query_images: list[np.ndarray], results: list[list[np.ndarray
             elif c - 1 < len(results[r]):
                 ax.imshow(results[r][c - 1])
                 for s in ax.spines.values():
-                    s.set_edgecolor("green" if relevant[r][c - 1] else "red")
+                    rel = relevant[r][c - 1]  # None: no ground truth for this query (grey)
+                    s.set_edgecolor("grey" if rel is None else "green" if rel else "red")
                     s.set_linewidth(2)
             else:
                 ax.axis("off")

@@ -64,9 +64,8 @@ def _chunk_top_k(scores: torch.Tensor, k: int, offset: int) -> tuple[np.ndarray,
     k = min(k, scores.shape[1])
     vals, idx = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
     tied = (vals[:, k - 1] == vals[:, k]).numpy() if vals.shape[1] > k else np.zeros(len(vals), bool)
-    s, i = vals[:, :k].numpy(), idx[:, :k].numpy().astype(np.int64)
-    order = np.lexsort((i, -s), axis=1)
-    s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1) + offset
+    s, i = _sorted(vals[:, :k].numpy(), idx[:, :k].numpy())
+    i += offset
     block, tied_rows = scores.numpy(), np.flatnonzero(tied)
     for start in range(0, len(tied_rows), TIE_ROWS):
         rows = tied_rows[start:start + TIE_ROWS]
@@ -105,49 +104,108 @@ def search_aqd(lut: np.ndarray, codes: np.ndarray, k: int, db_chunk: int = 1 << 
 class AQDSearcher:
     """Exhaustive AQD top-k over one code matrix, with the deterministic index tie-breaking.
 
-    ``backend="faiss"`` scans with the faiss additive index the project exports (``ST_LUT_nonorm``,
-    its optimised LUT scan, ~2x faster here than the torch scan; benchmarks/bench_search.py) and
-    keeps the exactness: it asks faiss for k+1 results, re-sorts the top-k by (-score, index), and
-    sends the rows where the (k+1)-th score ties the k-th (faiss picks an arbitrary subset of tied
-    items there) to the exact torch scan. ``"torch"`` is the pure embedding_bag scan; ``"auto"``
-    uses faiss when it is installed and K is a power of two.
+    ``backend="faiss"`` scans with the fastest exact faiss scan for the code (``eval.faiss_export``:
+    the tiled ``IndexPQ``, or ``index`` when the caller has one over the same codes) and keeps the
+    exactness: it asks faiss for k+1 results, re-sorts the top-k by (-score, index), and sends the
+    rows where the (k+1)-th score ties the k-th (faiss picks an arbitrary subset of tied items
+    there) to the exact torch scan. For K <= 16 (``fastscan=None``: auto; or a FastScan ``index``)
+    it scans with ``IndexPQFastScan`` and re-ranks exactly: see ``_fastscan_search``. ``"torch"``
+    is the pure embedding_bag scan; ``"auto"`` uses faiss when it is installed.
     """
 
-    def __init__(self, codebooks: np.ndarray, codes: np.ndarray, backend: str = "auto", db_chunk: int = 1 << 18):
+    def __init__(self, codebooks: np.ndarray, codes: np.ndarray, backend: str = "auto", db_chunk: int = 1 << 18,
+                 index=None, fastscan: bool | None = None, rerank: int = 4):
         self.codebooks = np.ascontiguousarray(codebooks[: codes.shape[1]], dtype=np.float32)
-        self.codes, self.db_chunk = codes, db_chunk
+        self.codes, self.db_chunk, self.rerank = codes, db_chunk, rerank
         if backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"unknown search backend {backend!r}; use auto, faiss or torch")
-        k = self.codebooks.shape[1]
         if backend == "auto":
             try:
                 import faiss  # noqa: F401
-                backend = "faiss" if k & (k - 1) == 0 else "torch"
+                backend = "faiss"
             except ImportError:
                 backend = "torch"
-        self.backend = backend
-        self.index = None
+        self.backend, self.index, self.fastscan = backend, index, False
+        self.fallback_rows = 0  # FastScan rows that needed the exact scan (see _fastscan_search)
         if backend == "faiss":
-            from eval.faiss_export import additive_index
+            import faiss
 
-            self.index = additive_index(self.codebooks, codes, "progressive")
+            from eval.faiss_export import bare, build
+
+            if self.index is None:
+                if fastscan is None:
+                    fastscan = self.codebooks.shape[1] <= 16
+                self.index = build(self.codebooks, codes, "fastscan" if fastscan else "pq")
+            self.fastscan = isinstance(bare(self.index), faiss.IndexPQFastScan)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, indices), both (Q, min(k, N)). Every path returns the same scores for the same
+        items (``gather_scores``), so rankings from several searchers merge exactly (eval.search)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(self.codes)
-        if self.index is None:
-            return search_aqd(lookup_tables(queries, self.codebooks), self.codes, k, self.db_chunk)
         k = min(k, n)
-        d, i = self.index.search(queries, min(k + 1, n))
-        tied = d[:, k - 1] == d[:, k] if d.shape[1] > k else np.zeros(len(d), bool)
-        s, i = d[:, :k], i[:, :k].astype(np.int64)
-        order = np.lexsort((i, -s), axis=1)
-        s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
-        if tied.any():
-            rows = np.flatnonzero(tied)
-            s[rows], i[rows] = search_aqd(lookup_tables(queries[rows], self.codebooks), self.codes, k,
-                                          self.db_chunk)
-        return s, i
+        lut = lookup_tables(queries, self.codebooks)
+        if self.index is None:
+            _, i = search_aqd(lut, self.codes, k, self.db_chunk)
+        elif self.fastscan:
+            i = self._fastscan_search(queries, lut, k)
+        else:
+            d, i = self.index.search(queries, min(k + 1, n))
+            tied = d[:, k - 1] == d[:, k] if d.shape[1] > k else np.zeros(len(d), bool)
+            i = self._exact_rows(lut, k, i[:, :k], np.flatnonzero(tied))
+        return _sorted(gather_scores(lut, self.codes, i), i)
+
+    def _exact_rows(self, lut, k, i, rows):
+        """``i`` with ``rows`` replaced by the exact scan's top-k."""
+        i = i.astype(np.int64)
+        if len(rows):
+            i[rows] = search_aqd(lut[rows], self.codes, k, self.db_chunk)[1]
+        return i
+
+    def _fastscan_search(self, queries: np.ndarray, lut: np.ndarray, k: int) -> np.ndarray:
+        """FastScan candidates, exact re-ranking, and a certificate that the result is exact.
+
+        FastScan scores with look-up tables rounded to uint8 (faiss ``quantize_LUT_and_bias``:
+        one scale a = min(255 / max_m span_m, 65535 / Σ_m span_m) per query), so each score is
+        within ε = M / (2a) of the exact one. The top R = ``rerank``·k candidates are re-scored
+        exactly and sorted by (-score, index). If the R-th candidate's approximate score t
+        satisfies t + ε < s_k (the k-th exact score), every item left out scores below s_k
+        exactly, so the top-k, ties included, is the exact one; rows where that does not hold
+        (or where a candidate is off by more than ε) are answered by the exact scan.
+        """
+        n, m, kk = len(self.codes), lut.shape[1], lut.shape[2]
+        r = min(n, max(self.rerank * k, k + 16))
+        approx, cand = self.index.search(queries, r)
+        exact = gather_scores(lut, self.codes, cand)
+        s, i = _sorted(exact, cand)
+        padded = np.concatenate([lut, np.zeros((*lut.shape[:2], 16 - kk), np.float32)], 2) if kk < 16 else lut
+        span = padded.max(2) - padded.min(2)
+        a = np.minimum(255.0 / span.max(1), 65535.0 / span.sum(1))
+        eps = m * 0.5 / a * 1.01 + 1e-5 * np.abs(padded).max(2).sum(1)
+        ok = np.abs(approx - exact).max(1) <= eps
+        if r < n:
+            ok &= approx[:, -1] + eps < s[:, k - 1]
+        bad = np.flatnonzero(~ok)
+        self.fallback_rows += len(bad)
+        return self._exact_rows(lut, k, i[:, :k], bad)
+
+
+def gather_scores(lut: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(Q, k) AQD scores of items ``ids`` (Q, k): Σ_m lut[q, m, codes[i, m]] summed in level order,
+    so items with equal codes score exactly equal whichever scan found them."""
+    q, m, kk = lut.shape
+    flat = lut.reshape(q, m * kk)
+    out = np.zeros(ids.shape, np.float32)
+    for j in range(codes.shape[1]):
+        out += np.take_along_axis(flat, codes[ids, j].astype(np.int64) + j * kk, axis=1)
+    return out
+
+
+def _sorted(s: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows re-sorted by (-score, index)."""
+    i = i.astype(np.int64)
+    order = np.lexsort((i, -s), axis=1)
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
 
 
 def search_features(queries: np.ndarray, db: np.ndarray, k: int, db_chunk: int = 1 << 18

@@ -5,6 +5,7 @@ import pytest
 from eval.baselines import METHODS, BaselineConfig, BaselineError, train_baseline
 from eval.faiss_export import additive_index, export
 from eval.scoring import decode, lookup_tables, search_aqd
+from tests.eval.conftest import brute_scores
 
 
 @pytest.mark.parametrize("kind", ["additive", "progressive"])
@@ -82,3 +83,59 @@ def test_opq_and_residual_with_fewer_training_vectors_than_dimensions_are_refuse
                                             r"bits: Number of training points \(40\) should be at least"):
         train_baseline("pq", x, x[:5], x[:2], m=2)
     assert train_baseline("pq", x, x[:5], x[:2], m=2, nbits=4).db_codes.shape == (5, 2)
+
+
+def _tied_codes(seed, n, m, k, d=16, q=30):
+    """Random codebooks and codes in which a block of items shares one code and pairs repeat: the
+    ranking's ties (equal codes score equal) sit inside the top-k and at its boundary."""
+    rng = np.random.default_rng(seed)
+    cb = rng.standard_normal((m, k, d)).astype(np.float32)
+    codes = rng.integers(0, k, (n, m)).astype(np.uint8)
+    codes[n // 3: n // 3 + 150] = codes[7]
+    codes[n // 2: n // 2 + n // 10] = codes[: n // 10]
+    return cb, codes, rng.standard_normal((q, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("m,k,kind", [(4, 256, "pq"), (8, 16, "fastscan"), (3, 16, "pq"), (2, 10, "fastscan")])
+def test_exported_index_ranks_exactly_as_the_projects_aqd_scoring_ties_included(m, k, kind, tmp_path):
+    from eval.scoring import AQDSearcher
+
+    cb, codes, q = _tied_codes(10 + m, 4000, m, k)
+    brute = brute_scores(q, codes, cb)
+    ref = np.argsort(-brute, axis=1, kind="stable")[:, :100]
+    assert any(len(np.unique(row)) < 100 for row in np.take_along_axis(brute, ref, 1))  # ties in the top-100
+    export(cb, codes, tmp_path / "codes.faiss", kind)
+    index = faiss.read_index(str(tmp_path / "codes.faiss"))  # plain D-dim queries: tiling is in the file
+    assert index.d == 16 and index.ntotal == 4000
+    searcher = AQDSearcher(cb, codes, "faiss", index=index)
+    assert searcher.fastscan == (kind == "fastscan")
+    s, i = searcher.search(q, 100)
+    assert np.array_equal(i, ref)
+    np.testing.assert_allclose(s, np.take_along_axis(brute, ref, 1), rtol=1e-5, atol=1e-4)
+    if kind == "pq":  # the bare file too: same scores as the project (faiss orders ties its own way)
+        d, _ = index.search(q, 100)
+        np.testing.assert_allclose(d, s, rtol=1e-5, atol=1e-4)
+    else:  # FastScan alone is approximate; the re-ranking made it exact without the exact scan
+        assert searcher.fallback_rows == 0
+        np.testing.assert_allclose(index.search(q, 100)[0], s, atol=0.05 * np.abs(s).max())
+
+
+def test_fastscan_rows_whose_certificate_fails_are_answered_by_the_exact_scan():
+    from eval.scoring import AQDSearcher
+
+    # one 16-word level: 16 distinct scores, ~190 items each; the 66 candidates (rerank=1: k + 16)
+    # all share the best score, so nothing certifies that the items left out score lower
+    cb, codes, q = _tied_codes(20, 3000, 1, 16)
+    searcher = AQDSearcher(cb, codes, "faiss", fastscan=True, rerank=1)
+    _, i = searcher.search(q, 50)
+    assert np.array_equal(i, np.argsort(-brute_scores(q, codes, cb), axis=1, kind="stable")[:, :50])
+    assert searcher.fallback_rows == len(q)
+
+
+def test_searcher_scans_with_the_tiled_pq_index_by_default():
+    from eval.faiss_export import bare
+    from eval.scoring import AQDSearcher
+
+    cb, codes, _ = _tied_codes(30, 100, 4, 256)
+    assert isinstance(bare(AQDSearcher(cb, codes).index), faiss.IndexPQ)
+    assert isinstance(bare(AQDSearcher(cb[:, :16], codes % 16, fastscan=True).index), faiss.IndexPQFastScan)
