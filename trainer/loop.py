@@ -144,12 +144,13 @@ class Supervision:
         if cfg.method.name != "dpq":
             return cls(tags, tags.embeddings, tags.hash, None)
         from shards.manifest import Manifest
-        from trainer.methods import label_embeddings
+        from trainer.methods import LABEL_EMBED_DIM, label_embeddings
 
         names = Manifest.load(cfg.data.train).label_names
         if not names:
             raise ValueError(f"method.name=dpq needs labels; the manifest at {cfg.data.train} has none")
-        return cls(tags, label_embeddings(len(names), cfg.method.embed_dim, cfg.method.seed).numpy(),
+        dim = cfg.method.embed_dim or LABEL_EMBED_DIM
+        return cls(tags, label_embeddings(len(names), dim, cfg.method.seed).numpy(),
                    tags.hash, list(names))
 
     def targets(self, batch: dict) -> torch.Tensor:

@@ -35,7 +35,9 @@ from trainer.quantizers import AdditiveQuantizer, CodebookStatistics, Progressiv
 @dataclass
 class MethodConfig:
     name: Literal["wsdhq", "wsdhq_progressive", "dpq"] = "wsdhq"
-    embed_dim: int = 300  # must equal the tag / label embedding dimension
+    # the tag / label embedding dimension; 0: taken from them (the tag artifact's, or
+    # LABEL_EMBED_DIM for DPQ's generated label embeddings)
+    embed_dim: int = 0
     M: int = 4  # codebooks (additive) or levels (progressive); bits = M * log2(K)
     K: int = 256
     margin_gamma: float = 1.0  # m_jk = 2^(1-γ)(1 - cos)^γ
@@ -363,6 +365,9 @@ class Method:
             self.quantizer.is_trained = bool(state["quantizer_trained"])
 
 
+LABEL_EMBED_DIM = 300  # DPQ's label embeddings when method.embed_dim is left at 0
+
+
 def label_embeddings(num_labels: int, dim: int, seed: int = 0) -> torch.Tensor:
     """Fixed label embeddings when no word vectors are available: random orthonormal rows (QR of a
     Gaussian) when ``num_labels <= dim``, else unit Gaussian rows. Orthogonal labels give DPQ's
@@ -380,6 +385,8 @@ def build_method(cfg: MethodConfig, encoder_cfg: EncoderConfig, V) -> Method:
     """Build a method; ``V`` is (T, embed_dim): ``TagSemantics.embeddings`` for WSDHQ, label
     embeddings for DPQ (``label_embeddings`` by default). Errors name the config key at fault."""
     V = torch.as_tensor(np.asarray(V, dtype=np.float32))
+    if V.ndim == 2 and cfg.embed_dim == 0:
+        cfg = dataclasses.replace(cfg, embed_dim=V.shape[1])
     if V.ndim != 2 or V.shape[1] != cfg.embed_dim:
         raise ValueError(f"method.embed_dim={cfg.embed_dim} but the tag/label embeddings have shape "
                          f"{tuple(V.shape)}; set method.embed_dim to their dimension")

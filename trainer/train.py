@@ -66,9 +66,9 @@ def preflight(cfg: RunConfig) -> dict:
         tags = TagSemantics.load(cfg.data.tags)
     except (OSError, ValueError) as e:
         raise InputError(f"data.tags: cannot load the tag semantics artifact at {cfg.data.tags}: {e}") from None
-    if cfg.method.name != "dpq" and cfg.method.embed_dim != tags.dim:
+    if cfg.method.name != "dpq" and cfg.method.embed_dim not in (0, tags.dim):  # 0: the artifact's
         raise ConfigError(f"method.embed_dim={cfg.method.embed_dim} but the tag embeddings in {cfg.data.tags} "
-                          f"are {tags.dim}-dimensional; set method.embed_dim={tags.dim}")
+                          f"are {tags.dim}-dimensional; set method.embed_dim={tags.dim} or leave it out")
     if storage.is_s3(cfg.storage.path):
         bucket = storage.split_s3(cfg.storage.path)[0]
         try:

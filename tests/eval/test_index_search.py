@@ -78,11 +78,16 @@ def test_changed_index_file_is_refused_by_its_sha256(tmp_path, retrieval_data):
 
 @pytest.mark.s3
 def test_index_on_s3_searches_like_the_local_one(tmp_path, s3_bucket, retrieval_data):
+    from shards import storage
+
     query, _ = _code_sets(tmp_path, retrieval_data)
+    dkeys, dcodes, dlab, dfeat = retrieval_data["db"]
+    write_code_set(f"s3://{s3_bucket}/codes", retrieval_data["cb"], dkeys, dcodes, dlab, dfeat, files=5)
     build_index(tmp_path / "db", tmp_path / "idx", group_rows=200, **QUIET)
-    build_index(tmp_path / "db", f"{s3_bucket}/idx", group_rows=200, **QUIET)
+    m = build_index(f"s3://{s3_bucket}/codes", f"s3://{s3_bucket}/idx", group_rows=200, **QUIET)
+    assert len(m["groups"]) == 3 and storage.exists(f"s3://{s3_bucket}/idx/index-000002.faiss")
     a = IndexSearcher(tmp_path / "idx").search(query.feat, 25)
-    b = IndexSearcher(f"{s3_bucket}/idx").search(query.feat, 25)
+    b = IndexSearcher(f"s3://{s3_bucket}/idx").search(query.feat, 25)
     assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from trainer import config as config_lib
@@ -79,3 +80,20 @@ def test_an_s3_training_set_or_bucket_that_does_not_exist_is_refused(digits_feat
     data["storage"]["path"] = "s3://no-such-bucket-wsdhq/runs"
     assert main(["--config", _write(tmp_path, data)]) == 2
     assert "storage.path: S3 bucket 'no-such-bucket-wsdhq' is not reachable" in capsys.readouterr().err
+
+
+def test_method_embed_dim_defaults_to_the_tag_artifacts_dimension(digits_features, tmp_path):
+    from trainer.loop import Supervision
+    from trainer.methods import LABEL_EMBED_DIM, build_method
+    from trainer.train import preflight
+
+    data = _good(digits_features, tmp_path)
+    del data["method"]["embed_dim"]
+    cfg = config_lib.load(RunConfig, _write(tmp_path, data))
+    assert cfg.method.embed_dim == 0
+    preflight(cfg)  # was: "method.embed_dim=300 but the tag embeddings ... set method.embed_dim=..."
+    method = build_method(cfg.method, cfg.encoder, Supervision.load(cfg).embeddings)
+    assert method.cfg.embed_dim == digits_features["dim"] != LABEL_EMBED_DIM
+    assert method.encoder(torch.zeros(2, 64)).shape == (2, digits_features["dim"])
+    cfg = config_lib.load(RunConfig, _write(tmp_path, data), ["method.name=dpq"])
+    assert Supervision.load(cfg).embeddings.shape[1] == LABEL_EMBED_DIM  # DPQ's generated label vectors
