@@ -116,17 +116,23 @@ class CodeSet:
         return len(self.keys)
 
 
-def load_manifest(url: str) -> dict:
-    murl = storage.join(url, MANIFEST)
+def read_json_manifest(url: str, name: str, version: int, error: type[Exception], missing: str) -> dict:
+    """The JSON manifest ``name`` under ``url`` at schema ``version``; ``error`` names what is wrong."""
+    murl = storage.join(str(url), name)
     try:
         m = json.loads(storage.read_bytes(murl).decode("utf-8"))
     except FileNotFoundError:
-        raise CodeSetError(f"{url}: no {MANIFEST} (not a finished code set; did the encode job complete?)") from None
+        raise error(f"{url}: no {name} ({missing})") from None
     except ValueError as exn:
-        raise CodeSetError(f"{murl}: not valid JSON ({exn})") from None
-    if m.get("schema_version") != SCHEMA_VERSION:
-        raise CodeSetError(f"{murl}: schema_version {m.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        raise error(f"{murl}: not valid JSON ({exn})") from None
+    if m.get("schema_version") != version:
+        raise error(f"{murl}: schema_version {m.get('schema_version')!r}, expected {version}")
     return m
+
+
+def load_manifest(url: str) -> dict:
+    return read_json_manifest(url, MANIFEST, SCHEMA_VERSION, CodeSetError,
+                              "not a finished code set; did the encode job complete?")
 
 
 def load_codebooks(url: str) -> tuple[str, np.ndarray]:

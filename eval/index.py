@@ -26,7 +26,8 @@ import sys
 
 import numpy as np
 
-from eval.codes import (LABEL_SEP, CodeSetError, load_checked_codebooks, load_manifest, read_listed_file)
+from eval.codes import (LABEL_SEP, CodeSetError, load_checked_codebooks, load_manifest, read_json_manifest,
+                        read_listed_file)
 from shards import storage
 
 MANIFEST = "index_manifest.json"
@@ -101,16 +102,8 @@ def build_index(codes_url: str, out: str, group_rows: int = 1 << 26, kind: str =
 
 
 def load_index_manifest(url: str) -> dict:
-    murl = storage.join(str(url), MANIFEST)
-    try:
-        m = json.loads(storage.read_bytes(murl).decode("utf-8"))
-    except FileNotFoundError:
-        raise IndexDirError(f"{url}: no {MANIFEST} (not a finished index; run `wsdhq index`)") from None
-    except ValueError as exn:
-        raise IndexDirError(f"{murl}: not valid JSON ({exn})") from None
-    if m.get("schema_version") != SCHEMA_VERSION:
-        raise IndexDirError(f"{murl}: schema_version {m.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    return m
+    return read_json_manifest(url, MANIFEST, SCHEMA_VERSION, IndexDirError,
+                              "not a finished index; run `wsdhq index`")
 
 
 def read_group(url: str, group: dict):
