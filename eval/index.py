@@ -126,9 +126,7 @@ def read_group(url: str, group: dict):
 
 
 def merge(url: str):
-    """One faiss index holding every group's codes in row order (faiss ``merge_from``)."""
-    from eval.faiss_export import bare
-
+    """One faiss index holding every group's codes in row order (faiss's own ``merge_from``)."""
     m = load_index_manifest(url)
     merged = None
     for group in m["groups"]:
@@ -136,8 +134,7 @@ def merge(url: str):
         if merged is None:
             merged = index
         else:
-            bare(merged).merge_from(bare(index))
-            merged.ntotal = bare(merged).ntotal
+            merged.merge_from(index)
     return merged
 
 

@@ -44,10 +44,11 @@ def test_index_round_trip_returns_the_keys_and_scores_of_evaluates_ranking(kind,
     assert [h.labels for h in hits] == [db.labels_of(j) for j in ref[3]]
 
 
-def test_grouped_build_equals_one_build_and_faiss_merges_the_groups(tmp_path, retrieval_data):
+@pytest.mark.parametrize("kind", ["pq", "fastscan"])
+def test_grouped_build_equals_one_build_and_faiss_merges_the_groups(kind, tmp_path, retrieval_data):
     query, db = _code_sets(tmp_path, retrieval_data, files=5)  # 5 code files of 80 rows
-    one = build_index(tmp_path / "db", tmp_path / "one", kind="pq", **QUIET)
-    grouped = build_index(tmp_path / "db", tmp_path / "grouped", group_rows=170, kind="pq", **QUIET)
+    one = build_index(tmp_path / "db", tmp_path / "one", kind=kind, **QUIET)
+    grouped = build_index(tmp_path / "db", tmp_path / "grouped", group_rows=170, kind=kind, **QUIET)
     assert [g["rows_count"] for g in grouped["groups"]] == [160, 160, 80]
     assert [g["first_row"] for g in grouped["groups"]] == [0, 160, 320]
     assert len(one["groups"]) == 1
