@@ -204,3 +204,17 @@ def test_image_query_ranks_as_the_encode_jobs_embedding_of_that_image_and_bad_im
     assert main(args + ["--image", str(tmp_path / "bad.jpg")]) == 2
     err = capsys.readouterr().err.strip()
     assert "bad.jpg: cannot decode the image" in err and "\n" not in err
+
+
+def test_wsdhq_index_and_search_subcommands(tmp_path, retrieval_data, capsys):
+    from cluster.cli import main
+
+    _, db = _code_sets(tmp_path, retrieval_data)
+    assert main(["index", "--codes", str(tmp_path / "db"), "--out", str(tmp_path / "idx"), "--group-rows", "100"]) == 0
+    assert "400 rows in 5 group(s), fastscan (M=2, K=16, 8 bits)" in capsys.readouterr().out
+    assert main(["search", "--index", str(tmp_path / "idx"), "--key", "db00042", "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"top 3 of 400 for key=db00042, labels={db.labels_of(42)}"
+    assert len(out) == 4 and all(line.split()[2].startswith("db") for line in out[1:])
+    assert main(["index", "--codes", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "no codes_manifest.json" in capsys.readouterr().err
