@@ -19,7 +19,8 @@ and database splits. Per run:
   unit embedding (what the encoder is trained to reproduce: the ceiling of this kind of search).
 - **image -> image**: ``eval.evaluate`` mAP@all (labels, skip and zero conventions) of the model's
   AQD ranking, beside faiss's unsupervised PQ at the same M and bits per level trained on the
-  encoder's database features (4-bit PQ for K=16 runs).
+  encoder's database features (4-bit PQ for K=16 runs); and whether the index directory
+  (``wsdhq index``, FastScan for K=16) returns the exact scan's top-100 for every query.
 """
 from __future__ import annotations
 
@@ -88,6 +89,21 @@ def tag_to_image(meta: dict, db, shards: str, min_images: int, tag_semantics: st
     return out
 
 
+def index_matches_exact_scan(query, db, k: int = 100) -> bool:
+    """Whether ``wsdhq index`` + ``IndexSearcher`` rank the query features' top-k exactly as the
+    pure-torch exact scan (the reference ``eval.evaluate``'s searcher is tested equal to)."""
+    import tempfile
+
+    from eval.index import build_index
+    from eval.search import IndexSearcher
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index(db.url, tmp, log=lambda *_: None)
+        s, i = IndexSearcher(tmp).search(query.feat, k)
+    s_ref, i_ref = AQDSearcher(db.codebooks, db.codes, "torch").search(query.feat, k)
+    return bool(np.array_equal(i, i_ref) and np.allclose(s, s_ref, rtol=1e-5, atol=1e-5))
+
+
 def image_to_image(query, db) -> list[dict]:
     nbits = int(np.log2(db.manifest["K"]))
     cfg = EvaluateConfig(top_k="all", scorings=["aqd"], baselines=BaselineConfig(methods=["pq"]))
@@ -146,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.query_shards:
             res["tag_to_image_held_out"] = tag_to_image(meta, query, a.query_shards, a.min_images, a.tag_semantics)
         res["image_to_image"] = image_to_image(query, db)
+        res["index_top100_equals_exact_scan"] = index_matches_exact_scan(query, db)
         results.append(res)
-        print(f"{name}: tag->image {json.dumps(res['tag_to_image'])}; held out "
+        print(f"{name}: index top-100 equals the exact scan: {res['index_top100_equals_exact_scan']}; "
+              f"tag->image {json.dumps(res['tag_to_image'])}; held out "
               f"{json.dumps(res.get('tag_to_image_held_out'))}", flush=True)
     if a.out:
         storage.write_bytes(a.out, (json.dumps(results, indent=1) + "\n").encode("utf-8"))
