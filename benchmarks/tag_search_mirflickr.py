@@ -140,6 +140,32 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def over_seeds(results: list[dict]) -> str:
+    """Mean ± sd over runs named ``<model>-s<seed>`` (full-length code rows only)."""
+    import re
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(re.sub(r"-s\d+$", "", r["name"]), []).append(r)
+
+    def cell(vals: list[float]) -> str:
+        return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.3f}"
+
+    lines = ["| model | K | M | bits | seeds | tag->image mAP (database) | held out | "
+             "image->image mAP@all skip | faiss PQ same bits |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, rs in groups.items():
+        r0 = rs[0]
+        full = [[x for x in r["image_to_image"] if x["bits"] == r["bits"]] for r in rs]
+        model = [next(x["mAP"]["skip"] for x in f if x["method"] != "pq") for f in full]
+        pq = [x["mAP"]["skip"] for f in full for x in f if x["method"] == "pq"]
+        held = [r["tag_to_image_held_out"]["mAP"]["model"] for r in rs if r.get("tag_to_image_held_out")]
+        lines.append(f"| {name} | {r0['K']} | {r0['M']} | {r0['bits']} | {len(rs)} | "
+                     f"{cell([r['tag_to_image']['mAP']['model'] for r in rs])} | {cell(held) if held else 'n/a'} | "
+                     f"{cell(model)} | {cell(pq) if pq else 'n/a'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", nargs=4, action="append", required=True,
@@ -170,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         storage.write_bytes(a.out, (json.dumps(results, indent=1) + "\n").encode("utf-8"))
     print(markdown(results))
+    print(over_seeds(results))
     return 0
 
 

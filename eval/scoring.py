@@ -25,11 +25,12 @@ TIE_ROWS = 16
 
 def lookup_tables(queries: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     """(Q, M, K) inner products f_q · c_mk of queries (Q, D) with codebooks (M, K, D)."""
-    q = torch.as_tensor(np.asarray(queries, dtype=np.float32))
-    c = torch.as_tensor(np.asarray(codebooks, dtype=np.float32))
+    q = np.asarray(queries, dtype=np.float32)
+    c = np.asarray(codebooks, dtype=np.float32)
     if q.shape[1] != c.shape[2]:
         raise ValueError(f"queries have dimension {q.shape[1]} but the codebooks have {c.shape[2]}")
-    return torch.einsum("qd,mkd->qmk", q, c).numpy()
+    m, k, d = c.shape
+    return (q @ c.reshape(m * k, d).T).reshape(len(q), m, k)  # one BLAS call
 
 
 def decode(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
@@ -114,7 +115,7 @@ class AQDSearcher:
     """
 
     def __init__(self, codebooks: np.ndarray, codes: np.ndarray, backend: str = "auto", db_chunk: int = 1 << 18,
-                 index=None, fastscan: bool | None = None, rerank: int = 4):
+                 index=None, fastscan: bool | None = None, rerank: int = 2):
         self.codebooks = np.ascontiguousarray(codebooks[: codes.shape[1]], dtype=np.float32)
         self.codes, self.db_chunk, self.rerank = codes, db_chunk, rerank
         if backend not in ("auto", "faiss", "torch"):
@@ -167,7 +168,7 @@ class AQDSearcher:
 
         FastScan scores with look-up tables rounded to uint8 (faiss ``quantize_LUT_and_bias``:
         one scale a = min(255 / max_m span_m, 65535 / Σ_m span_m) per query), so each score is
-        within ε = M / (2a) of the exact one. The top R = ``rerank``·k candidates are re-scored
+        within ε = M / (2a) of the exact one. The top R = ``rerank``·k candidates (at least k + 16) are re-scored
         exactly and sorted by (-score, index). If the R-th candidate's approximate score t
         satisfies t + ε < s_k (the k-th exact score), every item left out scores below s_k
         exactly, so the top-k, ties included, is the exact one; rows where that does not hold
@@ -194,10 +195,12 @@ def gather_scores(lut: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> np.nda
     """(Q, k) AQD scores of items ``ids`` (Q, k): Σ_m lut[q, m, codes[i, m]] summed in level order,
     so items with equal codes score exactly equal whichever scan found them."""
     q, m, kk = lut.shape
-    flat = lut.reshape(q, m * kk)
+    mm = codes.shape[1]
+    idx = codes[ids].astype(np.int64) + np.arange(mm) * kk  # (Q, k, m) rows of the flat table
+    looked = np.take_along_axis(lut.reshape(q, m * kk), idx.reshape(q, -1), axis=1).reshape(idx.shape)
     out = np.zeros(ids.shape, np.float32)
-    for j in range(codes.shape[1]):
-        out += np.take_along_axis(flat, codes[ids, j].astype(np.int64) + j * kk, axis=1)
+    for j in range(mm):
+        out += looked[:, :, j]
     return out
 
 
