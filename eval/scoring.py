@@ -168,8 +168,8 @@ class AQDSearcher:
 
         FastScan scores with look-up tables rounded to uint8 (faiss ``quantize_LUT_and_bias``:
         one scale a = min(255 / max_m span_m, 65535 / Σ_m span_m) per query), so each score is
-        within ε = M / (2a) of the exact one. The top R = ``rerank``·k candidates (at least k + 16) are re-scored
-        exactly and sorted by (-score, index). If the R-th candidate's approximate score t
+        within ε = M / (2a) of the exact one. The top R = ``rerank``·k candidates (at least k + 16)
+        are re-scored exactly and sorted by (-score, index). If the R-th candidate's approximate score t
         satisfies t + ε < s_k (the k-th exact score), every item left out scores below s_k
         exactly, so the top-k, ties included, is the exact one; rows where that does not hold
         (or where a candidate is off by more than ε) are answered by the exact scan.
