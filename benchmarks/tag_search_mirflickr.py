@@ -19,7 +19,8 @@ and database splits. Per run:
   unit embedding (what the encoder is trained to reproduce: the ceiling of this kind of search).
 - **image -> image**: ``eval.evaluate`` mAP@all (labels, skip and zero conventions) of the model's
   AQD ranking, beside faiss's unsupervised PQ at the same M and bits per level trained on the
-  encoder's database features (4-bit PQ for K=16 runs); and whether the index directory
+  encoder's database features (4-bit PQ for K=16 runs) and, with ``--train-shards``, on the
+  input features (descriptor or backbone ``feat.npy``) of the training split; and whether the index directory
   (``wsdhq index``, FastScan for K=16) returns the exact scan's top-100 for every query.
 """
 from __future__ import annotations
@@ -104,6 +105,36 @@ def index_matches_exact_scan(query, db, k: int = 100) -> bool:
     return bool(np.array_equal(i, i_ref) and np.allclose(s, s_ref, rtol=1e-5, atol=1e-5))
 
 
+def shard_features(shards: str) -> tuple[np.ndarray, list[list[str]]]:
+    from shards.manifest import Manifest
+    from shards.reader import iter_samples
+
+    rows = [s for url in Manifest.load(shards).shard_urls()
+            for s in iter_samples(url, fields=["feat.npy", "labels.json"])]
+    if not rows or "feat" not in rows[0]:
+        raise SystemExit(f"{shards}: no feat.npy (input-feature PQ needs a features-mode shard set)")
+    return np.stack([s["feat"] for s in rows]).astype(np.float32), [s["labels"] for s in rows]
+
+
+def input_feature_pq(train: str, query: str, database: str, m: int, nbits: int) -> dict:
+    """mAP@all of faiss PQ (M sub-quantizers of nbits) trained unsupervised on the training split's
+    input features (descriptor or backbone feat.npy), the same queries, database and metric code."""
+    from eval.baselines import train_baseline
+    from eval.codes import label_matrix
+    from eval.evaluate import _total_relevant, rank_and_measure
+    from shards.manifest import Manifest
+
+    (xt, _), (xq, lq), (xd, ld) = shard_features(train), shard_features(query), shard_features(database)
+    names = Manifest.load(query).label_names
+    ql, dl = label_matrix(lq, names), label_matrix(ld, names)
+    cfg = EvaluateConfig(top_k="all")
+    b = train_baseline("pq", xt, xd, xq, m, nbits, BaselineConfig())
+    s = AQDSearcher(b.codebooks, b.db_codes)
+    metrics, _ = rank_and_measure(lambda sl: s.search(b.pad_queries(xq[sl]), len(xd)), len(xq), ql, dl,
+                                  _total_relevant(ql, dl, cfg.db_chunk), len(xd), cfg)
+    return metrics["mAP"]
+
+
 def image_to_image(query, db) -> list[dict]:
     nbits = int(np.log2(db.manifest["K"]))
     cfg = EvaluateConfig(top_k="all", scorings=["aqd"], baselines=BaselineConfig(methods=["pq"]))
@@ -153,16 +184,18 @@ def over_seeds(results: list[dict]) -> str:
         return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.3f}"
 
     lines = ["| model | K | M | bits | seeds | tag->image mAP (database) | held out | "
-             "image->image mAP@all skip | faiss PQ same bits |", "|---|---|---|---|---|---|---|---|---|"]
+             "image->image mAP@all skip | faiss PQ same bits (encoder features) | "
+             "faiss PQ same bits (input features) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rs in groups.items():
         r0 = rs[0]
         full = [[x for x in r["image_to_image"] if x["bits"] == r["bits"]] for r in rs]
         model = [next(x["mAP"]["skip"] for x in f if x["method"] != "pq") for f in full]
         pq = [x["mAP"]["skip"] for f in full for x in f if x["method"] == "pq"]
         held = [r["tag_to_image_held_out"]["mAP"]["model"] for r in rs if r.get("tag_to_image_held_out")]
+        inp = [r["input_feature_pq"]["mAP"]["skip"] for r in rs if r.get("input_feature_pq")]
         lines.append(f"| {name} | {r0['K']} | {r0['M']} | {r0['bits']} | {len(rs)} | "
                      f"{cell([r['tag_to_image']['mAP']['model'] for r in rs])} | {cell(held) if held else 'n/a'} | "
-                     f"{cell(model)} | {cell(pq) if pq else 'n/a'} |")
+                     f"{cell(model)} | {cell(pq) if pq else 'n/a'} | {cell(inp) if inp else 'n/a'} |")
     return "\n".join(lines)
 
 
@@ -172,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                    metavar=("NAME", "CHECKPOINT", "QUERY_CODES", "DATABASE_CODES"))
     p.add_argument("--database-shards", required=True, help="the shard set the database codes came from")
     p.add_argument("--query-shards", help="the query split's shard set: tag -> image over it (held out)")
+    p.add_argument("--train-shards", help="training split (features mode): faiss PQ at each run's M and "
+                                          "bits per level trained on its input features, as a reference")
     p.add_argument("--tag-semantics", help="default: the checkpoint's data.tags")
     p.add_argument("--min-images", type=int, default=5)
     p.add_argument("--out", help="write every number as JSON here")
@@ -189,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             res["tag_to_image_held_out"] = tag_to_image(meta, query, a.query_shards, a.min_images, a.tag_semantics)
         res["image_to_image"] = image_to_image(query, db)
         res["index_top100_equals_exact_scan"] = index_matches_exact_scan(query, db)
+        if a.train_shards and a.query_shards:
+            nbits = int(np.log2(db.manifest["K"]))
+            res["input_feature_pq"] = {"M": db.M, "nbits": nbits, "mAP": input_feature_pq(
+                a.train_shards, a.query_shards, a.database_shards, db.M, nbits)}
         results.append(res)
         print(f"{name}: index top-100 equals the exact scan: {res['index_top100_equals_exact_scan']}; "
               f"tag->image {json.dumps(res['tag_to_image'])}; held out "
