@@ -138,6 +138,14 @@ class AQDSearcher:
                     fastscan = self.codebooks.shape[1] <= 16
                 self.index = build(self.codebooks, codes, "fastscan" if fastscan else "pq")
             self.fastscan = isinstance(bare(self.index), faiss.IndexPQFastScan)
+            # the tiled indexes are searched with queries tiled here (exact copies): faiss's
+            # LinearTransform does the same through a BLAS call whose threads contend with the
+            # scan's OpenMP threads (measured 6-9% of the scan's time at 10^6 codes on 2 cores)
+            self._scan = bare(self.index)
+            self._tiles = self._scan.d // self.index.d
+
+    def _faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._scan.search(np.tile(queries, (1, self._tiles)) if self._tiles > 1 else queries, k)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, indices), both (Q, min(k, N)). Every path returns the same scores for the same
@@ -151,7 +159,7 @@ class AQDSearcher:
         elif self.fastscan:
             i = self._fastscan_search(queries, lut, k)
         else:
-            d, i = self.index.search(queries, min(k + 1, n))
+            d, i = self._faiss_search(queries, min(k + 1, n))
             tied = d[:, k - 1] == d[:, k] if d.shape[1] > k else np.zeros(len(d), bool)
             i = self._exact_rows(lut, k, i[:, :k], np.flatnonzero(tied))
         return _sorted(gather_scores(lut, self.codes, i), i)
@@ -176,7 +184,7 @@ class AQDSearcher:
         """
         n, m, kk = len(self.codes), lut.shape[1], lut.shape[2]
         r = min(n, max(self.rerank * k, k + 16))
-        approx, cand = self.index.search(queries, r)
+        approx, cand = self._faiss_search(queries, r)
         exact = gather_scores(lut, self.codes, cand)
         s, i = _sorted(exact, cand)
         padded = np.concatenate([lut, np.zeros((*lut.shape[:2], 16 - kk), np.float32)], 2) if kk < 16 else lut
