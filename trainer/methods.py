@@ -269,31 +269,29 @@ class Method:
             return t if self.progressive else reading_target(t, self.cfg.quant_reading)
 
         iters = self.cfg.codebook_iters
-        reseed = self.cfg.dead_codewords == "reseed" and iters > 1
+        reseed = self.cfg.dead_codewords == "reseed"
         if iters < 1:
             raise ValueError(f"method.codebook_iters must be >= 1, got {iters}")
-        if iters > 1 and iter(feature_batches) is feature_batches:
+        # The gathered sample seeds k-means, re-seeds dead codewords and measures the live ones;
+        # the batches are read again for the statistics, so a one-shot iterator is kept as a list.
+        if iter(feature_batches) is feature_batches:
             feature_batches = list(feature_batches)
-        rows = None
-        if self.progressive or not q.is_trained or reseed:
-            if iter(feature_batches) is feature_batches:
-                feature_batches = list(feature_batches)
-            sample, n = [], 0
-            for b in feature_batches:
-                sample.append(read(b))
-                n += len(sample[-1])
-                if n >= self.cfg.kmeans_sample:
-                    break
-            if not sample:
-                raise ValueError("codebook_update: feature_batches yielded no embeddings")
-            rows = gather_sample(torch.cat(sample)[: self.cfg.kmeans_sample])
-            if self.progressive:  # gradient steps train them from here; no least-squares solve
-                q.fit(rows.cpu(), self.cfg.seed)
-                self.codebook_updates += 1
-                return {"codebook_updates": self.codebook_updates, "samples": int(len(rows)),
-                        "dead_codewords": 0}
-            if not q.is_trained:
-                q.init_kmeans(rows, self.cfg.seed)
+        sample, n = [], 0
+        for b in feature_batches:
+            sample.append(read(b))
+            n += len(sample[-1])
+            if n >= self.cfg.kmeans_sample:
+                break
+        if not sample:
+            raise ValueError("codebook_update: feature_batches yielded no embeddings")
+        rows = gather_sample(torch.cat(sample)[: self.cfg.kmeans_sample])
+        if self.progressive:  # gradient steps train them from here; no least-squares solve
+            q.fit(rows.cpu(), self.cfg.seed)
+            self.codebook_updates += 1
+            return {"codebook_updates": self.codebook_updates, "samples": int(len(rows)),
+                    "dead_codewords": 0}
+        if not q.is_trained:
+            q.init_kmeans(rows, self.cfg.seed)
         dev = q.codebooks.device
         W = W.to(dev)
         MK = q.M * q.K  # zeros on the codebooks' device: a rank without data still joins the reduce
@@ -310,12 +308,13 @@ class Method:
                 raise ValueError("codebook_update: no embeddings on any rank (feature_batches was empty; "
                                  "a generator cannot be iterated twice on the first call)")
             dead = q.solve(stats)
-            if reseed and it + 1 < iters:  # the next solve refits what is re-seeded here
+            if reseed:  # after the last solve too: a dead codeword left stale is never chosen again
                 g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.codebook_updates * 31 + it)
                 reseeded += q.reseed_dead(dead, rows, W, generator=g)
         self.codebook_updates += 1
+        live = q.live_codewords(rows, W, generator=self.generator)
         return {"codebook_updates": self.codebook_updates, "samples": int(stats.n),
-                "dead_codewords": int(dead.sum()), "reseeded": reseeded}
+                "dead_codewords": int(dead.sum()), "reseeded": reseeded, "live_codewords": live}
 
     # ---- inference -----------------------------------------------------------------------------
     @property

@@ -151,6 +151,12 @@ class AdditiveQuantizer(Quantizer):
         self.codebooks = C
         return n_dead
 
+    def live_codewords(self, sample: Any, weights: Any = None, generator: torch.Generator | None = None) -> int:
+        """How many codewords (of M·K) ``sample`` chooses when encoded now: the health of the codebooks."""
+        codes = self.encode(self._check_x(sample).to(self.codebooks.device), weights, generator=generator).long()
+        offsets = torch.arange(self.M, device=codes.device) * self.K
+        return int(torch.unique(codes + offsets).numel())
+
     def fit(self, x: Any, iterations: int = 10, weights: Any = None, seed: int = 0) -> "AdditiveQuantizer":
         """Single-process training: k-means init, then ``iterations`` × (ICM encode, LS solve)."""
         x = self._check_x(x)
