@@ -120,8 +120,10 @@ def _total_relevant(q_labels: np.ndarray, db_labels: np.ndarray, chunk: int) -> 
 
 
 def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | None = None,
-             train_keys: set[str] | None = None, log=print) -> tuple[dict, np.ndarray | None]:
-    """All rows of the report (dict) and the top ids of the headline ranking (for the image grid)."""
+             train_keys: set[str] | None = None, log=print, inputs: dict | None = None
+             ) -> tuple[dict, np.ndarray | None]:
+    """All rows of the report (dict) and the top ids of the headline ranking (for the image grid).
+    ``inputs``: the shard sets' input features for ``baselines.on=inputs`` (``input_features``)."""
     check_compatible(query, db)
     if not query.has_labels:
         raise EvaluationError(f"query codes {query.url} carry no ground-truth labels: relevance needs them "
@@ -173,26 +175,9 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
             notes.append("database codes carry no features: feature scoring skipped")
         else:
             add(model, "feature", None, lambda sl: search_features(qf[sl], db.feat, k, cfg.db_chunk))
-    if cfg.baselines.methods and qf is not None:
-        base = train.feat if train is not None and train.feat is not None else db.feat
-        if base is None:
-            notes.append("no database/train features: baselines skipped (encode with features on)")
-        else:
-            src = "train" if train is not None and train.feat is not None else "database"
-            notes.append(f"baselines trained unsupervised on the {src} set's encoder features "
-                         f"({min(len(base), cfg.baselines.max_train)} sampled)")
-            for m in prefixes:
-                for method in cfg.baselines.methods:
-                    t = time.perf_counter()
-                    try:
-                        b = train_baseline(method, base, db.feat, qf, m, nbits, cfg.baselines)
-                    except BaselineError as exn:
-                        notes.append(str(exn))
-                        log(f"baseline {method} M={m}: {exn}")
-                        continue
-                    log(f"trained {method} M={m} in {time.perf_counter() - t:.1f}s")
-                    s = AQDSearcher(b.codebooks, b.db_codes, cfg.search_backend, cfg.db_chunk)
-                    add(method, "aqd", m * nbits, lambda sl, b=b, s=s: s.search(b.pad_queries(qf[sl]), k))
+    if cfg.baselines.methods:
+        for note in run_baselines(cfg, prefixes, nbits, k, baseline_inputs(cfg, query, db, train, inputs), add, log):
+            notes.append(note)
     out = {
         "config": tconfig.to_dict(cfg) | {"top_k": cfg.top_k},
         "conventions": CONVENTIONS, "headline_convention": cfg.headline_convention,
@@ -207,6 +192,85 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
         "splits": disjoint, "rows": rows, "notes": notes,
     }
     return out, grid_ids
+
+
+def input_features(shard_set: str, keys: np.ndarray | None = None) -> tuple[np.ndarray, list[list[str]]]:
+    """feat.npy (and tags) of a shard set, in the order of ``keys`` (a code set's) when given."""
+    from shards.manifest import Manifest
+    from shards.reader import iter_samples
+
+    feats, tags, order = [], [], {}
+    for url in Manifest.load(shard_set).shard_urls():
+        for s in iter_samples(url, fields=["feat.npy", "tags.json"]):
+            if "feat" not in s:
+                raise EvaluationError(f"baselines.on=inputs: {url}:{s['__key__']} has no feat.npy "
+                                      "(input features exist only for features-mode shard sets)")
+            order[s["__key__"]] = len(feats)
+            feats.append(s["feat"])
+            tags.append(s.get("tags", []))
+    if keys is not None:
+        missing = [str(k) for k in keys if str(k) not in order]
+        if missing:
+            raise EvaluationError(f"{shard_set}: {len(missing)} key(s) of the code set are not in it "
+                                  f"(e.g. {missing[0]!r}): not the shard set these codes were encoded from")
+        idx = [order[str(k)] for k in keys]
+        feats, tags = [feats[i] for i in idx], [tags[i] for i in idx]
+    return np.stack(feats).astype(np.float32), tags
+
+
+def baseline_inputs(cfg: EvaluateConfig, query: CodeSet, db: CodeSet, train: CodeSet | None,
+                    inputs: dict | None) -> dict | None:
+    """(train, database, query) features the baselines quantize, and the training tags if known."""
+    if cfg.baselines.on == "inputs":
+        if not inputs or "query" not in inputs or "database" not in inputs:
+            raise EvaluationError("baselines.on=inputs: pass --query-shards and --database-shards "
+                                  "(features-mode shard sets holding feat.npy)")
+        train_x = inputs.get("train", inputs["database"])
+        return {"train": train_x, "database": inputs["database"], "query": inputs["query"],
+                "train_tags": inputs.get("train_tags"),
+                "source": "train shard set's" if "train" in inputs else "database shard set's"}
+    if query.feat is None:
+        return None
+    base = train.feat if train is not None and train.feat is not None else db.feat
+    if base is None:
+        return None
+    return {"train": base, "database": db.feat, "query": query.feat, "train_tags": None,
+            "source": ("train" if train is not None and train.feat is not None else "database")
+            + " set's encoder"}
+
+
+def run_baselines(cfg: EvaluateConfig, prefixes: list[int], nbits: int, k: int, x: dict | None, add, log
+                  ) -> list[str]:
+    """Rows for every baseline x projection x prefix; returns the notes (what ran, what was skipped)."""
+    from eval.baselines import projection
+
+    if x is None:
+        return ["no features to train the baselines on: baselines skipped (encode with features on, "
+                "or baselines.on=inputs with the shard sets)"]
+    bc = cfg.baselines
+    notes = [f"baselines trained unsupervised on the {x['source']} features "
+             f"({min(len(x['train']), bc.max_train)} sampled), scored by AQD (inner product)"]
+    for proj in bc.projections:
+        try:
+            a = projection(proj, x["train"], bc.projection_dim, x["train_tags"], bc.ridge)
+        except BaselineError as exn:
+            notes.append(str(exn))
+            continue
+        suffix = "" if a is None else f"/{proj}{a.shape[1]}"
+        for m in prefixes:
+            for method in bc.methods:
+                t = time.perf_counter()
+                try:
+                    b = train_baseline(method, x["train"], x["database"], x["query"], m, nbits, bc, a)
+                except BaselineError as exn:
+                    notes.append(f"{exn}{suffix}")
+                    log(f"baseline {method}{suffix} M={m}: {exn}")
+                    continue
+                log(f"trained {method}{suffix} M={m} in {time.perf_counter() - t:.1f}s")
+                s = AQDSearcher(b.codebooks, b.db_codes, cfg.search_backend, cfg.db_chunk)
+                q = x["query"]
+                add(method + suffix, "aqd", m * nbits, lambda sl, b=b, s=s, q=q: s.search(b.pad_queries(q[sl]), k))
+    return notes
 
 
 def shard_images(shard_set: str, keys: set[str], size: int = 96) -> dict[str, np.ndarray]:
@@ -275,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database", required=True, help="database code set")
     p.add_argument("--out", required=True, help="report directory (local or s3://)")
     p.add_argument("--train", help="train code set: baselines train on its features; keys checked disjoint")
-    p.add_argument("--train-shards", help="train shard set: query keys are checked disjoint from it")
+    p.add_argument("--train-shards", help="train shard set: query keys are checked disjoint from it (and "
+                   "with baselines.on=inputs, the baselines train on its features and tags)")
     p.add_argument("--query-shards", help="query shard set (images for the top-10 grid)")
     p.add_argument("--database-shards", help="database shard set (images for the top-10 grid)")
     p.add_argument("--config", help="YAML with EvaluateConfig fields")
@@ -286,7 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         query, db = load_code_set(a.query), load_code_set(a.database)
         train = load_code_set(a.train) if a.train else None
         train_keys = shard_keys(a.train_shards) if a.train_shards else None
-        result, grid = evaluate(query, db, cfg, train, train_keys)
+        inputs = None
+        if cfg.baselines.on == "inputs" and cfg.baselines.methods and a.query_shards and a.database_shards:
+            inputs = {"query": input_features(a.query_shards, query.keys)[0],
+                      "database": input_features(a.database_shards, db.keys)[0]}
+            if a.train_shards:
+                inputs["train"], inputs["train_tags"] = input_features(a.train_shards)
+        result, grid = evaluate(query, db, cfg, train, train_keys, inputs=inputs)
         files = write_outputs(result, grid, query, db, a.out, cfg, a.query_shards, a.database_shards)
     except (tconfig.ConfigError, CodeSetError, EvaluationError, FileNotFoundError) as exn:
         print(f"evaluate: error: {exn}", file=sys.stderr)

@@ -257,12 +257,9 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
 
     The rank's embeddings go to the method as one batch and the ICM generator is seeded from
     (seed, epoch) on every rank, so every sample is coded with the same block order whatever the
-    world size. The all-reduced statistics also give the update's quality for free: live codewords
-    per codebook (diagonal of G) and the mean squared quantization error ‖X − HC‖²/n with the new C.
+    world size. The method reports the update's quality: live codewords per codebook and the mean
+    squared quantization error of the gathered sample coded afresh with the new codebooks.
     """
-    from trainer.losses import reading_target
-    from trainer.quantizers import CodebookStatistics
-
     started = time.perf_counter()
     method = run.method
     feats, index = [], []
@@ -275,33 +272,19 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     order = torch.argsort(idx)
     x, idx = x[order], idx[order]
     embedded = time.perf_counter()
-    reduced: dict[str, torch.Tensor] = {}
-
-    def reduce(flat: torch.Tensor) -> torch.Tensor:
-        reduced["stats"] = dist.all_reduce_sum(flat.to(torch.float64))
-        return reduced["stats"]
 
     def gather_sample(sample: torch.Tensor) -> torch.Tensor:
         return dist.gather_rows(sample, idx[: len(sample)])[0]
 
     method.generator.manual_seed(run.cfg.method.seed * 1_000_003 + epoch)
-    info = method.codebook_update([x], reduce=reduce, gather_sample=gather_sample)
-    seconds = dist.all_reduce_max(time.perf_counter() - started)
-    embed_seconds = dist.all_reduce_max(embedded - started)
-    if method.progressive:  # a one-off residual k-means start: no statistics were reduced
-        return {"codebook_update_seconds": seconds, "codebook_embed_seconds": embed_seconds,
-                "codebook_samples": int(info["samples"])}
-
-    q = method.quantizer
-    stats = CodebookStatistics.from_flat(reduced["stats"].cpu(), q.M, q.K, q.D)
-    t = reading_target(x, method.cfg.quant_reading).to(torch.float64)
-    sxx = dist.all_reduce_sum(torch.tensor([(t * t).sum().item()], dtype=torch.float64)).item()
-    C = q.codebooks.reshape(q.M * q.K, q.D).to(torch.float64).cpu()
-    sq_err = sxx - 2 * (C * stats.R).sum().item() + (C * (stats.G @ C)).sum().item()
-    live = (stats.counts(q.M) > 0).sum(1).tolist()
-    return {"codebook_update_seconds": seconds, "codebook_embed_seconds": embed_seconds,
-            "quantization_error": sq_err / max(int(stats.n), 1),
-            "live_codewords": [int(v) for v in live], "codebook_samples": int(info["samples"])}
+    info = method.codebook_update([x], reduce=lambda flat: dist.all_reduce_sum(flat.to(torch.float64)),
+                                  gather_sample=gather_sample)
+    out = {"codebook_update_seconds": dist.all_reduce_max(time.perf_counter() - started),
+           "codebook_embed_seconds": dist.all_reduce_max(embedded - started),
+           "codebook_samples": int(info["samples"])}
+    if not method.progressive:  # a progressive k-means start has no least-squares solve to judge
+        out.update(quantization_error=info["quantization_error"], live_codewords=info["live_codewords"])
+    return out
 
 
 def epoch_record(run: WorkerRun, state: TrainState, epoch: int, terms: dict[str, float],

@@ -98,7 +98,34 @@ def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedu
     info = m.codebook_update(feats, reduce=reduce)
     M, K, D = 2, 16, 16
     assert calls == [torch.Size([(M * K) ** 2 + M * K * D + 1])] * iters  # one all-reduce per ICM+LS round
+    live, err = info.pop("live_codewords"), info.pop("quantization_error")
     assert info == {"codebook_updates": 1, "samples": 1200, "dead_codewords": 0, "reseeded": 0}
+    # the health figures are those of the gathered sample coded afresh with the final codebooks
+    t = torch.nn.functional.normalize(torch.cat(feats), dim=1)
+    m.codebook_updates -= 1  # the generator of the update just made (a function of seed and update)
+    codes = m.quantizer.encode(t, m.icm_weights, generator=m.update_generator(iters))
+    assert live == [len(torch.unique(codes[:, j])) for j in range(M)]
+    assert math.isclose(err, float(((t - m.quantizer.decode(codes)) ** 2).sum(1).mean()), rel_tol=1e-5)
+
+
+def _clustered_sphere(n=600, d=16, clusters=10, spread=0.35, seed=0):
+    """A fixed embedding set shaped like trained ones: tight clusters around a few directions."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, d, generator=g), dim=1)
+    return centres[torch.arange(n) % clusters] + spread * torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("restarts, collapses", [(8, False), (1, True)])
+def test_codebooks_stay_alive_update_after_update_on_a_fixed_set(weak_set, restarts, collapses):
+    """The collapse guard: three codebook updates on the same clustered set keep >= 90% of every
+    codebook's K=64 codewords live with the default ICM restarts. With the authors' single greedy
+    ICM pass the codes fall into poor local minima that the next solve fits, and codebooks thin out
+    (the second row proves this test can fail)."""
+    m = build_method(MethodConfig(name="wsdhq", embed_dim=16, M=4, K=64, icm_restarts=restarts), ENC, weak_set.V)
+    z = _clustered_sphere()
+    lives = [m.codebook_update([z])["live_codewords"] for _ in range(3)]
+    worst = min(min(v) for v in lives)
+    assert (worst < 0.9 * 64) == collapses, lives
 
 
 def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_killed(weak_set):

@@ -40,6 +40,7 @@ class EncoderConfig:
     in_features: int = 0  # mlp: length of feat.npy
     hidden: int = 512  # mlp hidden width
     dropout: float = 0.0  # mlp dropout; also applied before the transform layer for image backbones
+    l2_input: bool = False  # mlp: L2-normalise each input feature vector (pooled backbone features)
     num_classes: int = 0  # >0 adds a classification head on the backbone features (DPQ)
 
     def __post_init__(self):
@@ -76,7 +77,7 @@ def build_backbone(cfg: EncoderConfig) -> nn.Module:
     if cfg.kind == "small_cnn":
         return SmallCNN(cfg.width)
     if cfg.kind == "mlp":
-        return FeatureMLP(cfg.in_features, cfg.hidden, cfg.dropout)
+        return FeatureMLP(cfg.in_features, cfg.hidden, cfg.dropout, cfg.l2_input)
     if cfg.kind in ("resnet18", "resnet50"):
         model = resnet18() if cfg.kind == "resnet18" else resnet50()
         if cfg.weights:

@@ -151,11 +151,14 @@ class AdditiveQuantizer(Quantizer):
         self.codebooks = C
         return n_dead
 
-    def live_codewords(self, sample: Any, weights: Any = None, generator: torch.Generator | None = None) -> int:
-        """How many codewords (of M·K) ``sample`` chooses when encoded now: the health of the codebooks."""
-        codes = self.encode(self._check_x(sample).to(self.codebooks.device), weights, generator=generator).long()
-        offsets = torch.arange(self.M, device=codes.device) * self.K
-        return int(torch.unique(codes + offsets).numel())
+    def health(self, sample: Any, weights: Any = None, generator: torch.Generator | None = None) -> dict:
+        """How the codebooks serve ``sample`` now: the codewords each codebook's codes use (live) and
+        the mean squared error of the reconstruction. A collapsed codebook shows few live codewords."""
+        x = self._check_x(sample).to(self.codebooks.device)
+        codes = self.encode(x, weights, generator=generator).long()
+        live = [int(torch.unique(codes[:, m]).numel()) for m in range(self.M)]
+        err = ((x - self.decode(codes)) ** 2).sum(1).mean().item() if len(x) else float("nan")
+        return {"live_codewords": live, "quantization_error": err}
 
     def fit(self, x: Any, iterations: int = 10, weights: Any = None, seed: int = 0) -> "AdditiveQuantizer":
         """Single-process training: k-means init, then ``iterations`` × (ICM encode, LS solve)."""
