@@ -49,7 +49,10 @@ class BaselineConfig:
     on: str = "encoder"
     projections: list[str] = field(default_factory=lambda: ["none"])  # none | pca | tags (see above)
     projection_dim: int = 64
-    ridge: float = 1.0  # the tags projection's ridge (on L2-normalised features)
+    ridge: float = 0.0  # the tags projection's ridge; 0: chosen by leave-one-out CV on the training items
+    # L2-normalise the features first (the cosine reading: pooled CNN features and raw pixels rank
+    # better by direction than by inner product with their norms; measured in docs/results.md)
+    normalize: bool = False
 
     def __post_init__(self):
         from trainer.config import ConfigError
@@ -93,7 +96,7 @@ def _pq_codebooks(pq, d: int) -> np.ndarray:
 
 
 def projection(kind: str, train: np.ndarray, dim: int, train_tags: list[list[str]] | None = None,
-               ridge: float = 1.0) -> np.ndarray | None:
+               ridge: float = 0.0) -> np.ndarray | None:
     """The map A (D x k) of a projection (None for "none"); see the module docstring."""
     x = np.asarray(train, dtype=np.float64)
     if kind == "none":
@@ -118,7 +121,12 @@ def projection(kind: str, train: np.ndarray, dim: int, train_tags: list[list[str
         k = min(dim, len(sv))
         target = u[:, :k] * sv[:k]
         xt = x[tagged]
-        a = np.linalg.solve(xt.T @ xt + ridge * np.eye(x.shape[1]), xt.T @ target)
+        if ridge > 0:
+            a = np.linalg.solve(xt.T @ xt + ridge * np.eye(x.shape[1]), xt.T @ target)
+        else:  # efficient leave-one-out over a grid: tags of the training items only, no labels
+            from sklearn.linear_model import RidgeCV
+
+            a = RidgeCV(alphas=np.logspace(-2, 3, 11), fit_intercept=False).fit(xt, target).coef_.T
         return np.ascontiguousarray(a, dtype=np.float32)
     raise ValueError(f"unknown projection {kind!r}; known: {', '.join(PROJECTIONS)}")
 

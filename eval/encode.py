@@ -348,10 +348,24 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     return m
 
 
+def shard_sets(shards: str, out: str) -> list[tuple[str, str]]:
+    """``(shard set, code set)`` pairs: the one set given, or each split of a dataset root (one job,
+    one model load per split's pool)."""
+    from shards.manifest import MANIFEST_NAME
+    from shards.writer import SPLITS
+
+    if storage.exists(storage.join(shards, MANIFEST_NAME)):
+        return [(shards, out)]
+    found = [(storage.join(shards, s), storage.join(out, s)) for s in SPLITS
+             if storage.exists(storage.join(shards, s, MANIFEST_NAME))]
+    return found or [(shards, out)]  # neither: run() names the missing manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.encode", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="inference checkpoint dir (local or s3://)")
-    p.add_argument("--shards", required=True, help="shard set to encode (dir or s3:// prefix)")
+    p.add_argument("--shards", required=True, help="shard set to encode (dir or s3:// prefix), or a dataset "
+                   "root holding train/query/database sets (each encoded into --out/<split>)")
     p.add_argument("--out", required=True, help="code set output (dir or s3:// prefix)")
     p.add_argument("--config", help="YAML with EncodeConfig fields")
     p.add_argument("--local", action="store_true", help="encode in this process, without Ray")
@@ -360,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = tconfig.load(EncodeConfig, a.config, a.overrides)
-        run(a.checkpoint, a.shards, a.out, cfg, local=a.local, log=lambda s: print(s, flush=True))
+        for shards, out in shard_sets(a.shards, a.out):
+            run(a.checkpoint, shards, out, cfg, local=a.local, log=lambda s: print(s, flush=True))
     except (tconfig.ConfigError, EncodeError, CodeSetError, FileNotFoundError, ValueError) as exn:
         print(f"encode: error: {exn}", file=sys.stderr)
         return 2

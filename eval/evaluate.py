@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -249,7 +250,12 @@ def run_baselines(cfg: EvaluateConfig, prefixes: list[int], nbits: int, k: int, 
                 "or baselines.on=inputs with the shard sets)"]
     bc = cfg.baselines
     notes = [f"baselines trained unsupervised on the {x['source']} features "
-             f"({min(len(x['train']), bc.max_train)} sampled), scored by AQD (inner product)"]
+             f"({min(len(x['train']), bc.max_train)} sampled){', L2-normalised' if bc.normalize else ''}, "
+             "scored by AQD (inner product of the query with the reconstruction)"]
+    if bc.normalize:
+        x = {**x, **{k: _unit(x[k]) for k in ("train", "database", "query")}}
+    if bc.on == "inputs":  # the inputs' own float ranking: the bar any code of them is measured against
+        add("inputs", "feature", None, lambda sl: search_features(x["query"][sl], x["database"], k, cfg.db_chunk))
     for proj in bc.projections:
         try:
             a = projection(proj, x["train"], bc.projection_dim, x["train_tags"], bc.ridge)
@@ -273,6 +279,10 @@ def run_baselines(cfg: EvaluateConfig, prefixes: list[int], nbits: int, k: int, 
     return notes
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def shard_images(shard_set: str, keys: set[str], size: int = 96) -> dict[str, np.ndarray]:
     """Thumbnails of the given keys, found by scanning a shard set (image members only)."""
     from shards.images import decode_rgb
@@ -284,7 +294,7 @@ def shard_images(shard_set: str, keys: set[str], size: int = 96) -> dict[str, np
     for url in Manifest.load(shard_set).shard_urls():
         if len(found) == len(keys):
             break
-        for s in iter_samples(url, fields=IMAGE_EXTS):
+        for s in iter_samples(url, fields=IMAGE_EXTS, skips=Counter()):  # features-only sets: no images
             key = s["__key__"]
             if key in keys and key not in found:
                 img = decode_rgb(s["image"], f"{url}:{key}")

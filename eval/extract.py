@@ -41,7 +41,6 @@ from shards.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from trainer import config as tconfig
 from trainer.encoders import EncoderConfig, build_backbone
 
-SPLITS = ("train", "query", "database")
 JOB_FILE = "extract_job.json"
 
 
@@ -188,14 +187,9 @@ def written_rows(out_url: str, fmt: str) -> int | None:
 
 def shard_sets(shards: str, out: str) -> list[tuple[Manifest, str]]:
     """(input manifest, output set url) for one shard set or each split of a dataset root."""
-    if storage.exists(storage.join(shards, MANIFEST_NAME)):
-        return [(Manifest.load(shards), out)]
-    found = [(Manifest.load(storage.join(shards, s)), storage.join(out, s)) for s in SPLITS
-             if storage.exists(storage.join(shards, s, MANIFEST_NAME))]
-    if not found:
-        raise ExtractError(f"{shards}: neither a shard set (no {MANIFEST_NAME}) nor a dataset root "
-                           f"holding {'/'.join(SPLITS)} shard sets")
-    return found
+    from eval.encode import shard_sets as pairs
+
+    return [(Manifest.load(s), o) for s, o in pairs(shards, out)]
 
 
 def _run_ray(todo: list[tuple[str, int, str]], cfg: ExtractConfig, progress: Progress) -> list[dict]:

@@ -62,6 +62,11 @@ class MethodConfig:
     # (this project's choice: a codeword left where the features were when it died is never chosen
     # again as the encoder moves) or "restore" their previous values (the authors' code).
     dead_codewords: Literal["reseed", "restore"] = "reseed"
+    # Where each update's rounds start: the previous codebooks ("warm", the authors), block k-means
+    # on the current embeddings ("kmeans"), or both, keeping the lower error on the gathered sample
+    # ("best": after two epochs the encoder can have moved so far that warm rounds end 6x worse than
+    # a fresh start, measured on MIRFLICKR; docs/quantizers.md). "best" runs the rounds twice.
+    codebook_start: Literal["warm", "kmeans", "best"] = "best"
     # progressive (dpq, wsdhq_progressive)
     tau: float = 1.0
     mu: float = 1.0
@@ -296,32 +301,49 @@ class Method:
             self.codebook_updates += 1
             return {"codebook_updates": self.codebook_updates, "samples": int(len(rows)),
                     "dead_codewords": 0}
-        if not q.is_trained:
-            q.init_kmeans(rows, self.cfg.seed)
+        W = W.to(q.codebooks.device)
+        starts = ["kmeans"] if not q.is_trained else {"warm": ["warm"], "kmeans": ["kmeans"],
+                                                      "best": ["warm", "kmeans"]}[self.cfg.codebook_start]
+        best = None
+        for start in starts:
+            if start == "kmeans":
+                q.init_kmeans(rows, self.cfg.seed + self.codebook_updates)
+            elif best is not None:
+                q.codebooks = best[0]
+            n, dead, reseeded = self._fit_rounds(feature_batches, read, reduce, rows, W, reseed)
+            health = q.health(rows, W, generator=self.update_generator(iters))
+            if best is None or health["quantization_error"] < best[3]["quantization_error"]:
+                best = (q.codebooks, dead, reseeded, health, start)
+            else:
+                q.codebooks = best[0]
+        _, dead, reseeded, health, start = best
+        self.codebook_updates += 1
+        # Health is measured on the gathered sample (identical on every rank), coded afresh with the
+        # new codebooks: what the codes of the coming epochs will look like, re-seeded codewords included.
+        return {"codebook_updates": self.codebook_updates, "samples": n, "dead_codewords": int(dead.sum()),
+                "reseeded": reseeded, "codebook_start": start, **health}
+
+    def _fit_rounds(self, feature_batches, read, reduce, rows, W, reseed) -> tuple[int, torch.Tensor, int]:
+        """``codebook_iters`` rounds of ICM codes -> statistics -> all-reduce -> ridge solve, dead
+        codewords re-seeded after each solve; returns (samples, last dead mask, re-seeded count)."""
+        q = self.quantizer
         dev = q.codebooks.device
-        W = W.to(dev)
         MK = q.M * q.K  # zeros on the codebooks' device: a rank without data still joins the reduce
         reseeded = 0
-        for it in range(iters):
+        for it in range(self.cfg.codebook_iters):
             stats = CodebookStatistics(torch.zeros(MK, MK, dtype=torch.float64, device=dev),
                                        torch.zeros(MK, q.D, dtype=torch.float64, device=dev), 0)
             for b in feature_batches:
                 t = read(b)
                 stats = stats + q.statistics(t, q.encode(t, W, generator=self.generator))
-            flat = reduce(stats.flatten())
-            stats = CodebookStatistics.from_flat(flat, q.M, q.K, q.D)
+            stats = CodebookStatistics.from_flat(reduce(stats.flatten()), q.M, q.K, q.D)
             if stats.n == 0:
                 raise ValueError("codebook_update: no embeddings on any rank (feature_batches was empty; "
                                  "a generator cannot be iterated twice on the first call)")
             dead = q.solve(stats)
             if reseed:  # after the last solve too: a dead codeword left stale is never chosen again
                 reseeded += q.reseed_dead(dead, rows, W, generator=self.update_generator(it))
-        self.codebook_updates += 1
-        # Measured on the gathered sample (identical on every rank), coded afresh with the new
-        # codebooks: what the codes of the coming epochs will look like, re-seeded codewords included.
-        return {"codebook_updates": self.codebook_updates, "samples": int(stats.n),
-                "dead_codewords": int(dead.sum()), "reseeded": reseeded,
-                **q.health(rows, W, generator=self.update_generator(iters))}
+        return int(stats.n), dead, reseeded
 
     def update_generator(self, salt: int) -> torch.Generator:
         """Randomness of a codebook update's sample-side steps (re-seeding, health): a function of

@@ -38,7 +38,7 @@ class EncoderConfig:
     pretrained: bool = False  # torchvision / timm: download their default weights
     width: int = 32  # small_cnn base width
     in_features: int = 0  # mlp: length of feat.npy
-    hidden: int = 512  # mlp hidden width
+    hidden: int = 512  # mlp hidden width; 0: no hidden layer (the transform layer sits on the features)
     dropout: float = 0.0  # mlp dropout; also applied before the transform layer for image backbones
     l2_input: bool = False  # mlp: L2-normalise each input feature vector (pooled backbone features)
     num_classes: int = 0  # >0 adds a classification head on the backbone features (DPQ)
