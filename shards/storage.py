@@ -113,6 +113,57 @@ def open_read(url: str | os.PathLike) -> BinaryIO:
     return io.BufferedReader(body, buffer_size=READ_BUFFER)
 
 
+def read_range(url: str | os.PathLike, start: int, length: int) -> bytes:
+    """``length`` bytes from ``start`` (fewer at the end): one ranged GET on S3, a seek locally."""
+    url = str(url)
+    if length <= 0:
+        return b""
+    if not is_s3(url):
+        with open_read(url) as f:
+            f.seek(start)
+            return f.read(length)
+    bucket, key = split_s3(url)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"]
+        return body.read()
+    except Exception as exn:
+        raise _s3_error(url, exn) from None
+
+
+class _RangedObject(io.RawIOBase):
+    """A seekable read-only view of an S3 object: each read is a ranged GET (parquet footers, npy headers)."""
+
+    def __init__(self, url: str):
+        self.url, self.pos, self.length = url, 0, size(url)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence] + offset
+        return self.pos
+
+    def readinto(self, b) -> int:
+        data = read_range(self.url, self.pos, min(len(b), self.length - self.pos))
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def open_seekable(url: str | os.PathLike) -> BinaryIO:
+    """A seekable binary stream: the local file, or ranged GETs on S3 (read only the parts you seek to)."""
+    url = str(url)
+    if not is_s3(url):
+        return open_read(url)
+    return io.BufferedReader(_RangedObject(url), buffer_size=64 * 1024)
+
+
 def read_bytes(url: str | os.PathLike) -> bytes:
     with open_read(url) as f:
         return f.read()
