@@ -24,10 +24,13 @@ Batches are the shard reader's features-mode dict: ``key``, ``tags``, ``labels``
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter, OrderedDict
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -40,33 +43,83 @@ MIX_PARTS = 4      # parts whose rows one shuffle group mixes
 OPEN_PARTS = 12    # parts a worker keeps mapped, with their metadata, at once
 
 
+def _objects(values) -> np.ndarray:
+    """A 1-d object array of ``values`` (lists stay elements): batches gather from it with one fancy index,
+    ten times faster than a Python comprehension over randomly placed objects."""
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _strings(col) -> np.ndarray:
+    """A string column (keys: one string each; numpy builds them faster than to_pylist)."""
+    return col.to_numpy(zero_copy_only=False).astype(object)
+
+
+def _string_lists(col) -> np.ndarray:
+    """A list<string> column as one Python list per row (a null row is empty), through a dictionary: tags
+    repeat across rows, so each distinct string is built once and the rows share it."""
+    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    if pa.types.is_null(arr.type):
+        return _objects([[] for _ in range(len(arr))])
+    offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    lens = np.diff(offsets) * ~arr.is_null().to_numpy(zero_copy_only=False)
+    codes = pc.dictionary_encode(arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])))
+    vocab = np.array(codes.dictionary.to_pylist() + [None], dtype=object)[:-1]
+    flat = vocab[codes.indices.to_numpy(zero_copy_only=False)].tolist()
+    starts = (offsets[:-1] - offsets[0]).tolist()
+    return _objects([flat[a:a + n] for a, n in zip(starts, lens.tolist())])
+
+
+def _scalar_labels(col) -> np.ndarray:
+    """A scalar label column (clip-retrieval: one label a row) as one-element lists."""
+    return _objects([[] if v is None else [str(v)] for v in _strings(col)])
+
+
+def _is_list(t) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_null(t)
+
+
+_OPEN: OrderedDict = OrderedDict()  # this process's mapped parts with their metadata, across passes
+
+
 class _PartCache:
-    """Memory maps and metadata columns of the parts a worker reads, least recently used dropped first."""
+    """The parts one pass reads: memory maps and metadata lists, kept per process (least recently used
+    dropped beyond ``OPEN_PARTS``) so the training pass and the codebook update's pass, and the next
+    epoch's, reuse what the last one built. A part is known by its file's identity (URL, size, mtime)."""
 
     def __init__(self, es: EmbeddingSet, cache_dir: str | None):
-        self.es, self.cache_dir, self.open = es, cache_dir, OrderedDict()
+        self.es, self.cache_dir, self.pass_parts = es, cache_dir, {}
 
-    def get(self, p: int) -> tuple[np.ndarray, dict[str, list]]:
-        if p in self.open:
-            self.open.move_to_end(p)
-            return self.open[p]
+    def get(self, p: int) -> tuple[np.ndarray, dict]:
+        if p in self.pass_parts:
+            return self.pass_parts[p]
         part, es = self.es.parts[p], self.es
-        arr = np.load(local_array(part, self.cache_dir), mmap_mode="r", allow_pickle=False)
-        cols = [c for c in (es.key_column, es.tags_column, es.label_column) if c]
-        table = read_table(part.meta_url, cols)
-        meta = {"key": table.column(es.key_column).to_pylist() if es.key_column else None,
-                "tags": table.column(es.tags_column).to_pylist(),
-                "labels": table.column(es.label_column).to_pylist() if es.label_column else None}
-        self.open[p] = (arr, meta)
-        if len(self.open) > OPEN_PARTS:
-            self.open.popitem(last=False)
-        return self.open[p]
+        path = local_array(part, self.cache_dir)
+        key = (path, os.stat(path).st_mtime_ns, part.meta_url, es.key_column, es.tags_column, es.label_column)
+        if key in _OPEN:
+            _OPEN.move_to_end(key)
+        else:
+            _OPEN[key] = self._load(p, path)
+            if len(_OPEN) > OPEN_PARTS:
+                _OPEN.popitem(last=False)
+        self.pass_parts[p] = _OPEN[key]
+        return _OPEN[key]
 
+    def _load(self, p: int, path: str) -> tuple[np.ndarray, dict]:
+        part, es = self.es.parts[p], self.es
+        arr = np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)  # the map, minus memmap overhead
+        table = read_table(part.meta_url, [c for c in (es.key_column, es.tags_column, es.label_column) if c])
 
-def _labels(value) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        def column(name, scalars):
+            col = table.column(name)
+            return _string_lists(col) if _is_list(col.type) else scalars(col)
+
+        # Python objects per row, built once per part and shared by the batches: treat them as read-only
+        meta = {"key": _strings(table.column(es.key_column)) if es.key_column
+                else _objects([f"{part.name}/{r}" for r in range(part.rows)]),
+                "tags": column(es.tags_column, _strings),
+                "labels": column(es.label_column, _scalar_labels) if es.label_column
+                else _objects([[] for _ in range(part.rows)])}
+        return arr, meta
 
 
 class _RowStream(IterableDataset):
@@ -121,28 +174,31 @@ class _RowStream(IterableDataset):
 
     # -- reading them --
     def read(self, cache: _PartCache, index: np.ndarray) -> dict:
+        """One batch: a slice of the map when the rows are contiguous (eval), else a sorted gather per part."""
         part = np.searchsorted(self.offsets, index, side="right") - 1
-        feat = np.empty((len(index), self.es.dim), dtype=np.float32)
-        keys: list = [None] * len(index)
-        tags: list = [None] * len(index)
-        labels: list = [None] * len(index)
-        for p in np.unique(part):
-            where = np.flatnonzero(part == p)
-            rows = index[where] - self.offsets[p]
-            arr, meta = cache.get(int(p))
-            srt = np.argsort(rows, kind="stable")
-            r = rows[srt]
-            contiguous = r[-1] - r[0] + 1 == len(r)
-            feat[where[srt]] = arr[r[0]:r[-1] + 1] if contiguous else arr[r]
-            name = self.es.parts[p].name
-            for i, row in zip(where.tolist(), rows.tolist()):
-                keys[i] = meta["key"][row] if meta["key"] is not None else f"{name}/{row}"
-                tags[i] = meta["tags"][row]
-                labels[i] = _labels(meta["labels"][row]) if meta["labels"] is not None else []
+        first = int(part[0])
+        if first == int(part[-1]) and index[-1] - index[0] + 1 == len(index) and np.all(np.diff(index) == 1):
+            arr, meta = cache.get(first)
+            rows = index - self.offsets[first]
+            feat = np.array(arr[rows[0]:rows[-1] + 1], dtype=np.float32)
+            a, b = int(rows[0]), int(rows[-1]) + 1
+            keys, tags, labels = (meta[c][a:b].tolist() for c in ("key", "tags", "labels"))
+        else:
+            feat = np.empty((len(index), self.es.dim), dtype=np.float32)
+            cols = {c: np.empty(len(index), dtype=object) for c in ("key", "tags", "labels")}
+            for p in np.unique(part).tolist():
+                where = np.flatnonzero(part == p)
+                rows = index[where] - self.offsets[p]
+                srt = np.argsort(rows, kind="stable")
+                arr, meta = cache.get(p)
+                feat[where[srt]] = arr[rows[srt]]  # a gather in file order
+                for c, out in cols.items():
+                    out[where] = meta[c][rows]
+            keys, tags, labels = (cols[c].tolist() for c in ("key", "tags", "labels"))
         if self.es.tags_column != "tags":
             tags = _caption_tags(tags)
-        return {"key": keys, "tags": [t if t is not None else [] for t in tags], "labels": labels,
-                "index": torch.from_numpy(index.astype(np.int64)), "feat": torch.from_numpy(feat)}
+        return {"key": keys, "tags": tags, "labels": labels, "index": torch.from_numpy(index.astype(np.int64)),
+                "feat": torch.from_numpy(feat)}
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -197,8 +253,15 @@ class EmbeddingLoader:
         return self.batches
 
     def __iter__(self) -> Iterator[dict]:
+        if self.cfg.num_workers == 0:  # no DataLoader: its default_convert would walk every tag string
+            yield from self._stream()
+            return
         yield from DataLoader(self._stream(), batch_size=None, num_workers=self.cfg.num_workers,
-                              persistent_workers=False)
+                              persistent_workers=False, collate_fn=_as_is)
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
 
 
 def make_embedding_loader(embedding_set: str | EmbeddingSet, cfg: ReaderConfig | None = None, rank: int = 0,
