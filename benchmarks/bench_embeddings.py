@@ -71,6 +71,21 @@ def reader_pass(url: str, train: bool) -> int:
     return sum(len(b["key"]) for b in loader)
 
 
+def embedding_reader_pass(url: str) -> int:
+    """embedding-reader (clip-retrieval's reader) over the same set: its ``parquet_npy`` format is this
+    layout; in order, as our eval mode, with the same columns turned into lists as our batches carry."""
+    from embedding_reader import EmbeddingReader
+
+    reader = EmbeddingReader(str(Path(url, "img_emb")), file_format="parquet_npy",
+                             metadata_folder=str(Path(url, "metadata")), meta_columns=["key", "tags", "labels"])
+    count = 0
+    for emb, meta in reader(batch_size=BATCH, show_progress=False):
+        batch = {"feat": np.asarray(emb, dtype=np.float32), "key": meta["key"].tolist(),
+                 "tags": meta["tags"].tolist(), "labels": meta["labels"].tolist()}
+        count += len(batch["feat"])
+    return count
+
+
 def bench_read(a: argparse.Namespace) -> None:
     from shards.embeddings import open_embedding_set
 
@@ -81,10 +96,17 @@ def bench_read(a: argparse.Namespace) -> None:
         paths = [p.npy_url for p in es.parts]
         mb = sum(p.bytes for p in es.parts) / 1e6
         plain_pass(paths)  # page cache
-        best = {"plain": float("inf"), "reader eval": float("inf"), "reader train": float("inf")}
+        paths_ = [("plain", lambda: plain_pass(paths)), ("reader eval", lambda: reader_pass(url, False)),
+                  ("reader train", lambda: reader_pass(url, True))]
+        try:
+            import embedding_reader  # noqa: F401  (not a dependency: pip install embedding-reader to compare)
+
+            paths_.append(("embedding-reader (in order)", lambda: embedding_reader_pass(url)))
+        except ImportError:
+            print("embedding-reader not installed: its row is left out")
+        best = {name: float("inf") for name, _ in paths_}
         for _ in range(a.repeats):
-            for name, fn in (("plain", lambda: plain_pass(paths)), ("reader eval", lambda: reader_pass(url, False)),
-                             ("reader train", lambda: reader_pass(url, True))):
+            for name, fn in paths_:
                 t = time.perf_counter()
                 count = fn()
                 best[name] = min(best[name], time.perf_counter() - t)

@@ -87,21 +87,21 @@ class _PartCache:
     epoch's, reuse what the last one built. A part is known by its file's identity (URL, size, mtime)."""
 
     def __init__(self, es: EmbeddingSet, cache_dir: str | None):
-        self.es, self.cache_dir, self.pass_parts = es, cache_dir, {}
+        self.es, self.cache_dir, self.keys = es, cache_dir, {}
 
     def get(self, p: int) -> tuple[np.ndarray, dict]:
-        if p in self.pass_parts:
-            return self.pass_parts[p]
-        part, es = self.es.parts[p], self.es
-        path = local_array(part, self.cache_dir)
-        key = (path, os.stat(path).st_mtime_ns, part.meta_url, es.key_column, es.tags_column, es.label_column)
+        key = self.keys.get(p)
+        if key is None:  # once a pass: the file's identity now
+            part, es = self.es.parts[p], self.es
+            path = local_array(part, self.cache_dir)
+            key = self.keys[p] = (path, os.stat(path).st_mtime_ns, part.meta_url, es.key_column, es.tags_column,
+                                  es.label_column)
         if key in _OPEN:
             _OPEN.move_to_end(key)
         else:
-            _OPEN[key] = self._load(p, path)
+            _OPEN[key] = self._load(p, key[0])
             if len(_OPEN) > OPEN_PARTS:
                 _OPEN.popitem(last=False)
-        self.pass_parts[p] = _OPEN[key]
         return _OPEN[key]
 
     def _load(self, p: int, path: str) -> tuple[np.ndarray, dict]:

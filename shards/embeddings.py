@@ -320,7 +320,8 @@ class EmbeddingSetWriter:
         table = table.replace_schema_metadata({"wsdhq_label_names": json.dumps(names)})
         nu, mu = npy_url(self.url, name), meta_url(self.url, name)
         storage.remove(mu)  # un-commit first: a replaced array is never paired with an old parquet
-        _write_npy(nu, np.ascontiguousarray(emb, dtype=self.dtype))
+        arr = np.ascontiguousarray(emb, dtype=self.dtype)
+        storage.write_file(nu, lambda f: np.save(f, arr, allow_pickle=False))  # atomic: temp + rename / upload
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
         storage.write_bytes(mu, buf.getvalue().to_pybytes())
@@ -344,26 +345,6 @@ class EmbeddingSetWriter:
              "source": self.source}
         storage.write_bytes(storage.join(self.url, MANIFEST_NAME), (json.dumps(m, indent=1) + "\n").encode())
         return open_embedding_set(self.url)
-
-
-def _write_npy(url: str, arr: np.ndarray) -> None:
-    """Atomically: a temp file beside the target renamed into place, or a temp file uploaded to S3."""
-    if storage.is_s3(url):
-        with tempfile.TemporaryDirectory(prefix="wsdhq-emb-") as d:
-            tmp = Path(d, "part.npy")
-            np.save(tmp, arr, allow_pickle=False)
-            storage.upload_file(tmp, url)
-        return
-    path = Path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def local_array(part: Part, cache_dir: str | None = None) -> str:

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from webdataset.gopen import gopen_schemes
 
@@ -179,12 +179,26 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
         except Exception as exn:
             raise _s3_error(url, exn) from None
         return
+    write_file(url, lambda f: f.write(data))
+
+
+def write_file(url: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write atomically what ``write(f)`` writes into a binary file: a local temp file renamed into place,
+    or, for S3, a local temp file uploaded once finished (multipart when large, so no large bytes in memory)."""
+    url = str(url)
+    if is_s3(url):
+        with tempfile.TemporaryDirectory(prefix="wsdhq-") as d:
+            tmp = Path(d, "object")
+            with open(tmp, "wb") as f:
+                write(f)
+            upload_file(tmp, url)
+        return
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
