@@ -39,8 +39,9 @@ from shards.reader import ReaderConfig, ReaderError
 
 log = logging.getLogger(__name__)
 
-MIX_PARTS = 4      # parts whose rows one shuffle group mixes
-OPEN_PARTS = 12    # parts a worker keeps mapped, with their metadata, at once
+MIX_PARTS = 4            # parts whose rows one shuffle group mixes
+CACHE_ROWS = 1_000_000   # rows of parts a process keeps mapped with their metadata (peak RSS ~570 B a row
+                         # measured), but at least MIX_PARTS parts: a train batch gathers from that many
 
 
 def _objects(values) -> np.ndarray:
@@ -83,7 +84,7 @@ _OPEN: OrderedDict = OrderedDict()  # this process's mapped parts with their met
 
 class _PartCache:
     """The parts one pass reads: memory maps and metadata lists, kept per process (least recently used
-    dropped beyond ``OPEN_PARTS``) so the training pass and the codebook update's pass, and the next
+    dropped beyond ``CACHE_ROWS``) so the training pass and the codebook update's pass, and the next
     epoch's, reuse what the last one built. A part is known by its file's identity (URL, size, mtime)."""
 
     def __init__(self, es: EmbeddingSet, cache_dir: str | None):
@@ -100,7 +101,7 @@ class _PartCache:
             _OPEN.move_to_end(key)
         else:
             _OPEN[key] = self._load(p, key[0])
-            if len(_OPEN) > OPEN_PARTS:
+            while len(_OPEN) > MIX_PARTS and sum(len(arr) for arr, _ in _OPEN.values()) > CACHE_ROWS:
                 _OPEN.popitem(last=False)
         return _OPEN[key]
 
@@ -173,25 +174,28 @@ class _RowStream(IterableDataset):
                 pending = pending[bs:]
 
     # -- reading them --
-    def read(self, cache: _PartCache, index: np.ndarray) -> dict:
+    def read(self, cache: _PartCache, index: np.ndarray, contiguous: bool) -> dict:
         """One batch: a slice of the map when the rows are contiguous (eval), else a sorted gather per part."""
         part = np.searchsorted(self.offsets, index, side="right") - 1
         first = int(part[0])
-        if first == int(part[-1]) and index[-1] - index[0] + 1 == len(index) and np.all(np.diff(index) == 1):
+        if contiguous and first == int(part[-1]):
             arr, meta = cache.get(first)
-            rows = index - self.offsets[first]
-            feat = np.array(arr[rows[0]:rows[-1] + 1], dtype=np.float32)
-            a, b = int(rows[0]), int(rows[-1]) + 1
+            a, b = int(index[0] - self.offsets[first]), int(index[-1] - self.offsets[first]) + 1
+            feat = np.array(arr[a:b], dtype=np.float32)
             keys, tags, labels = (meta[c][a:b].tolist() for c in ("key", "tags", "labels"))
-        else:
+        else:  # a gather in file order, part by part, put back in batch order
+            order = np.argsort(index, kind="stable")
+            srt = index[order]
+            part = part[order]
             feat = np.empty((len(index), self.es.dim), dtype=np.float32)
             cols = {c: np.empty(len(index), dtype=object) for c in ("key", "tags", "labels")}
-            for p in np.unique(part).tolist():
-                where = np.flatnonzero(part == p)
-                rows = index[where] - self.offsets[p]
-                srt = np.argsort(rows, kind="stable")
+            cuts = [0, *(np.flatnonzero(np.diff(part)) + 1).tolist(), len(index)]
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                p = int(part[a])
                 arr, meta = cache.get(p)
-                feat[where[srt]] = arr[rows[srt]]  # a gather in file order
+                rows = srt[a:b] - self.offsets[p]
+                where = order[a:b]
+                feat[where] = arr[rows]
                 for c, out in cols.items():
                     out[where] = meta[c][rows]
             keys, tags, labels = (cols[c].tolist() for c in ("key", "tags", "labels"))
@@ -205,7 +209,7 @@ class _RowStream(IterableDataset):
         worker = info.id if info is not None else 0
         cache = _PartCache(self.es, self.cache_dir)
         for index in self.batches_of(worker):
-            yield self.read(cache, index)
+            yield self.read(cache, index, contiguous=not self.train)
 
 
 def _caption_tags(captions: list) -> list[list[str]]:
