@@ -203,23 +203,25 @@ def _open_ours(url: str, murl: str, raw: bytes) -> EmbeddingSet:
         raise EmbeddingSetError(f"{murl}: dtype {dtype!r} is not one the reader knows ({', '.join(DTYPES)})")
     if not entries:
         raise EmbeddingSetError(f"{murl}: the embedding set has no parts")
-    parts = []
+    parts, labelled = [], True
     for name, rows, nbytes in entries:
         nu, mu = npy_url(url, name), meta_url(url, name)
         for u in (nu, mu):
             if not storage.exists(u):
                 raise EmbeddingSetError(f"{u}: part {name!r} listed in {murl} does not exist")
-        part, _ = _validate_part(name, nu, mu, dim, dtype, ("key", "tags"))
+        part, _, columns = _validate_part(name, nu, mu, dim, dtype, ("key", "tags"))
+        labelled = labelled and "labels" in columns
         if (part.rows, part.bytes) != (rows, nbytes):
             raise EmbeddingSetError(f"{nu}: {part.rows} rows / {part.bytes} bytes but {murl} says {rows} / "
                                     f"{nbytes}; the part changed since the manifest was written")
         parts.append(part)
-    return EmbeddingSet(url, dim, dtype, parts, "wsdhq", label_names=m.get("label_names"),
+    return EmbeddingSet(url, dim, dtype, parts, "wsdhq", label_column="labels" if labelled else None,
+                        label_names=m.get("label_names"),
                         source=m.get("source") or {})
 
 
 def _validate_part(name: str, nu: str, mu: str, dim: int | None, dtype: str | None,
-                   columns: tuple[str, ...] = ()) -> tuple[Part, NpyHeader]:
+                   columns: tuple[str, ...] = ()) -> tuple[Part, NpyHeader, set[str]]:
     h = read_npy_header(nu)
     if dim is not None and h.dim != dim:
         raise EmbeddingSetError(f"{nu}: dim {h.dim} differs from the set's dim {dim}")
@@ -232,7 +234,7 @@ def _validate_part(name: str, nu: str, mu: str, dim: int | None, dtype: str | No
     missing = [c for c in columns if c not in have]
     if missing:
         raise EmbeddingSetError(f"{mu}: no column {missing[0]!r} (columns: {', '.join(sorted(have))})")
-    return Part(name, h.rows, nu, mu, h.offset, h.bytes), h
+    return Part(name, h.rows, nu, mu, h.offset, h.bytes), h, have
 
 
 def _open_clip_retrieval(url: str, label_column: str | None) -> EmbeddingSet:
@@ -267,7 +269,7 @@ def _open_clip_retrieval(url: str, label_column: str | None) -> EmbeddingSet:
     columns = tuple(c for c in (key, tags, label_column) if c)
     parts, dim, dtype = [], None, None
     for name in names:
-        part, h = _validate_part(name, arrays[name], metas[name], dim, dtype, columns)
+        part, h, _ = _validate_part(name, arrays[name], metas[name], dim, dtype, columns)
         dim, dtype = h.dim, h.dtype
         parts.append(part)
     es = EmbeddingSet(url, dim, dtype, parts, "clip-retrieval", key, tags, label_column or None)
@@ -354,7 +356,7 @@ class EmbeddingSetWriter:
                  if (p := _part_of(u, "metadata_", ".parquet")) is not None}
         entries, labels = [], set()
         for name in sorted(metas, key=_natural):
-            part, _ = _validate_part(name, npy_url(self.url, name), metas[name], self.dim, self.dtype)
+            part, _, _ = _validate_part(name, npy_url(self.url, name), metas[name], self.dim, self.dtype)
             entries.append({"name": name, "rows": part.rows, "bytes": part.bytes})
             kv = read_parquet_footer(metas[name]).metadata or {}
             labels.update(json.loads(kv.get(b"wsdhq_label_names", b"[]")))

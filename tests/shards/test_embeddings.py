@@ -160,6 +160,19 @@ def test_clip_retrieval_set_without_key_or_image_path_uses_part_and_row(tmp_path
     assert b["key"] == ["0/0", "0/1", "1/0", "1/1"]
 
 
+def test_a_set_written_with_key_and_tags_columns_only_takes_them_as_they_are(tmp_path):
+    root = tmp_path / "kt"
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    np.save(root / "img_emb" / "img_emb_0.npy", rows(0, 3, 4).astype(np.float32))
+    pq.write_table(pa.table({"key": ["a", "b", "c"], "tags": [["x", "y"], [], None], "caption": ["dog"] * 3}),
+                   root / "metadata" / "metadata_0.parquet")
+    es = open_embedding_set(str(root))
+    assert (es.key_column, es.tags_column, es.label_column, es.dtype) == ("key", "tags", None, "float32")
+    b = next(iter(make_embedding_loader(es, ReaderConfig(batch_size=3, num_workers=0), train=False)))
+    assert b["key"] == ["a", "b", "c"] and b["tags"] == [["x", "y"], [], []] and b["labels"] == [[], [], []]
+
+
 # ---- bad input: one error naming the file, before any batch ------------------------------------------------
 
 def test_array_rows_differing_from_metadata_rows_is_refused_naming_both_files(tmp_path):
