@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.embeddings import EmbeddingSet, local_array, open_embedding_set, read_table
-from shards.reader import ReaderConfig, ReaderError
+from shards.reader import ReaderConfig, ReaderError, train_batches
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,7 @@ class EmbeddingLoader:
         self.epoch, self.cache_dir, self.skips = epoch, cache_dir, Counter()
         workers = max(1, cfg.num_workers)
         if train:
-            self.batches = total // (world_size * cfg.batch_size)
-            if self.batches == 0:
-                raise ReaderError(f"{es.url}: {total} rows < world_size {world_size} x batch_size "
-                                  f"{cfg.batch_size}; no full batch per rank")
-            self.per_worker = [self.batches // workers + (w < self.batches % workers) for w in range(workers)]
+            self.batches, self.per_worker = train_batches(es.url, total, world_size, cfg.batch_size, workers)
         else:
             self.per_worker = None
             probe = self._stream()

@@ -254,6 +254,15 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def train_batches(url: str, total: int, world_size: int, batch_size: int, workers: int) -> tuple[int, list[int]]:
+    """Full batches every rank yields in a training pass, and how its DataLoader workers split them."""
+    batches = total // (world_size * batch_size)
+    if batches == 0:
+        raise ReaderError(f"{url}: {total} samples < world_size {world_size} x batch_size {batch_size}; "
+                          "no full batch per rank")
+    return batches, [batches // workers + (w < batches % workers) for w in range(workers)]
+
+
 class Loader:
     """Iterate for batches; ``len()`` from the manifest; ``skips`` counts bad samples of the last pass."""
 
@@ -273,11 +282,8 @@ class Loader:
                      "and keeps its share of samples by index", manifest.url, len(manifest.shards), slots,
                      world_size, workers)
         if train:
-            self.batches = manifest.total // (world_size * cfg.batch_size)
-            if self.batches == 0:
-                raise ReaderError(f"{manifest.url}: {manifest.total} samples < world_size {world_size} x "
-                                  f"batch_size {cfg.batch_size}; no full batch per rank")
-            self.per_worker = [self.batches // workers + (w < self.batches % workers) for w in range(workers)]
+            self.batches, self.per_worker = train_batches(manifest.url, manifest.total, world_size, cfg.batch_size,
+                                                          workers)
         else:
             self.per_worker = None
             self.batches = sum(-(-n // cfg.batch_size) for n in self._eval_counts(slots, workers))

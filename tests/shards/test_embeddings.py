@@ -13,7 +13,7 @@ import pytest
 
 from shards.embedding_loader import make_embedding_loader
 from shards.embeddings import EmbeddingSetError, EmbeddingSetWriter, is_embedding_set, open_embedding_set
-from shards.reader import ReaderConfig, make_loader
+from shards.reader import ReaderConfig, ReaderError, make_loader
 
 SIZES = [7, 12, 5, 9, 11]  # 44 rows in 5 uneven parts
 
@@ -100,6 +100,12 @@ def test_train_gives_every_rank_equal_full_batches_and_no_row_twice_in_an_epoch(
         for b in batches:
             assert b["key"] == [f"s{i:04d}" for i in b["index"].tolist()]
             assert b["feat"][:, 0].tolist() == b["index"].float().tolist()
+
+
+def test_too_few_rows_for_one_batch_per_rank_is_refused_with_the_numbers(tmp_path):
+    write(tmp_path / "set", sizes=[3, 4]).close()
+    with pytest.raises(ReaderError, match=r"set: 7 samples < world_size 2 x batch_size 4; no full batch per rank"):
+        make_loader(str(tmp_path / "set"), ReaderConfig(batch_size=4), rank=0, world_size=2)
 
 
 def test_train_order_is_a_function_of_seed_epoch_rank_and_world_size_not_of_workers(tmp_path):
