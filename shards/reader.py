@@ -58,6 +58,7 @@ class ReaderConfig:
     features_only: bool = False  # skip image decode; batches carry "feat" only
     max_pixels: int = DEFAULT_MAX_PIXELS
     check_sizes: bool = True  # stat every shard against the manifest's byte size before streaming
+    label_column: str = ""  # embedding sets without embeddings.json (clip-retrieval): the labels column
 
     def __post_init__(self):
         if self.batch_size < 1 or self.image_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
@@ -253,6 +254,15 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def train_batches(url: str, total: int, world_size: int, batch_size: int, workers: int) -> tuple[int, list[int]]:
+    """Full batches every rank yields in a training pass, and how its DataLoader workers split them."""
+    batches = total // (world_size * batch_size)
+    if batches == 0:
+        raise ReaderError(f"{url}: {total} samples < world_size {world_size} x batch_size {batch_size}; "
+                          "no full batch per rank")
+    return batches, [batches // workers + (w < batches % workers) for w in range(workers)]
+
+
 class Loader:
     """Iterate for batches; ``len()`` from the manifest; ``skips`` counts bad samples of the last pass."""
 
@@ -272,11 +282,8 @@ class Loader:
                      "and keeps its share of samples by index", manifest.url, len(manifest.shards), slots,
                      world_size, workers)
         if train:
-            self.batches = manifest.total // (world_size * cfg.batch_size)
-            if self.batches == 0:
-                raise ReaderError(f"{manifest.url}: {manifest.total} samples < world_size {world_size} x "
-                                  f"batch_size {cfg.batch_size}; no full batch per rank")
-            self.per_worker = [self.batches // workers + (w < self.batches % workers) for w in range(workers)]
+            self.batches, self.per_worker = train_batches(manifest.url, manifest.total, world_size, cfg.batch_size,
+                                                          workers)
         else:
             self.per_worker = None
             self.batches = sum(-(-n // cfg.batch_size) for n in self._eval_counts(slots, workers))
@@ -328,6 +335,15 @@ class Loader:
 
 def make_loader(shard_set: str | Manifest, cfg: ReaderConfig | None = None, rank: int = 0, world_size: int = 1,
                 epoch: int = 0, train: bool = True) -> Loader:
-    """A Loader over a shard set (directory / S3 prefix / manifest URL, or a loaded Manifest)."""
+    """A Loader over a shard set (directory / S3 prefix / manifest URL, or a loaded Manifest), or an
+    ``EmbeddingLoader`` (same batches, features mode) when the URL is an embedding set (shards.embeddings)."""
+    cfg = cfg or ReaderConfig()
+    if not isinstance(shard_set, Manifest):
+        from shards.embeddings import is_embedding_set
+
+        if is_embedding_set(str(shard_set)):
+            from shards.embedding_loader import make_embedding_loader
+
+            return make_embedding_loader(str(shard_set), cfg, rank, world_size, epoch, train, cfg.label_column or None)
     manifest = shard_set if isinstance(shard_set, Manifest) else Manifest.load(str(shard_set))
-    return Loader(manifest, cfg or ReaderConfig(), rank, world_size, epoch, train)
+    return Loader(manifest, cfg, rank, world_size, epoch, train)

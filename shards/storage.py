@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from webdataset.gopen import gopen_schemes
 
@@ -113,6 +113,57 @@ def open_read(url: str | os.PathLike) -> BinaryIO:
     return io.BufferedReader(body, buffer_size=READ_BUFFER)
 
 
+def read_range(url: str | os.PathLike, start: int, length: int) -> bytes:
+    """``length`` bytes from ``start`` (fewer at the end): one ranged GET on S3, a seek locally."""
+    url = str(url)
+    if length <= 0:
+        return b""
+    if not is_s3(url):
+        with open_read(url) as f:
+            f.seek(start)
+            return f.read(length)
+    bucket, key = split_s3(url)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"]
+        return body.read()
+    except Exception as exn:
+        raise _s3_error(url, exn) from None
+
+
+class _RangedObject(io.RawIOBase):
+    """A seekable read-only view of an S3 object: each read is a ranged GET (parquet footers, npy headers)."""
+
+    def __init__(self, url: str):
+        self.url, self.pos, self.length = url, 0, size(url)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence] + offset
+        return self.pos
+
+    def readinto(self, b) -> int:
+        data = read_range(self.url, self.pos, min(len(b), self.length - self.pos))
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def open_seekable(url: str | os.PathLike) -> BinaryIO:
+    """A seekable binary stream: the local file, or ranged GETs on S3 (read only the parts you seek to)."""
+    url = str(url)
+    if not is_s3(url):
+        return open_read(url)
+    return io.BufferedReader(_RangedObject(url), buffer_size=64 * 1024)
+
+
 def read_bytes(url: str | os.PathLike) -> bytes:
     with open_read(url) as f:
         return f.read()
@@ -128,12 +179,26 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
         except Exception as exn:
             raise _s3_error(url, exn) from None
         return
+    write_file(url, lambda f: f.write(data))
+
+
+def write_file(url: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write atomically what ``write(f)`` writes into a binary file: a local temp file renamed into place,
+    or, for S3, a local temp file uploaded once finished (multipart when large, so no large bytes in memory)."""
+    url = str(url)
+    if is_s3(url):
+        with tempfile.TemporaryDirectory(prefix="wsdhq-") as d:
+            tmp = Path(d, "object")
+            with open(tmp, "wb") as f:
+                write(f)
+            upload_file(tmp, url)
+        return
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -146,7 +146,10 @@ class Supervision:
         from shards.manifest import Manifest
         from trainer.methods import label_embeddings
 
-        names = Manifest.load(cfg.data.train).label_names
+        from shards.embeddings import is_embedding_set, open_embedding_set
+
+        names = (open_embedding_set(cfg.data.train, cfg.reader.label_column or None).label_names
+                 if is_embedding_set(cfg.data.train) else Manifest.load(cfg.data.train).label_names)
         if not names:
             raise ValueError(f"method.name=dpq needs labels; the manifest at {cfg.data.train} has none")
         return cls(tags, label_embeddings(len(names), cfg.method.embed_dim, cfg.method.seed).numpy(),

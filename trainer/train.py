@@ -46,8 +46,9 @@ def preflight(cfg: RunConfig) -> dict:
         raise ConfigError(f"scaling.num_workers: must be >= 0, got {cfg.scaling.num_workers}")
     if cfg.storage.checkpoint_every < 1:
         raise ConfigError(f"storage.checkpoint_every: must be >= 1, got {cfg.storage.checkpoint_every}")
+    embeddings = _embedding_set(cfg)
     try:
-        manifest = Manifest.load(cfg.data.train)
+        manifest = embeddings or Manifest.load(cfg.data.train)
     except (OSError, ValueError) as e:
         raise InputError(f"data.train: cannot read the training manifest at {cfg.data.train}: {e}") from None
     if manifest.total == 0:
@@ -58,7 +59,7 @@ def preflight(cfg: RunConfig) -> dict:
         raise InputError(f"method.K={cfg.method.K} but data.train has only {manifest.total} samples: the codebooks "
                          f"start from k-means, which needs at least K samples; use a smaller method.K or more data")
     workers = max(1, cfg.scaling.num_workers)
-    if len(manifest.shards) < workers:
+    if embeddings is None and len(manifest.shards) < workers:
         raise InputError(
             f"scaling.num_workers={workers} but data.train has only {len(manifest.shards)} shard(s): "
             f"every worker streams its own shards; re-shard with smaller shards or use fewer workers")
@@ -83,6 +84,25 @@ def preflight(cfg: RunConfig) -> dict:
                               "(pip install 'wsdhq[deepspeed]')") from None
     return {"train_samples": manifest.total, "train_shards": len(manifest.shards),
             "tags": len(tags.names), "tag_semantics_hash": tags.hash}
+
+
+def _embedding_set(cfg: RunConfig):
+    """data.train as a validated embedding set (shards.embeddings), or None for a shard set. Validation
+    reads every part's npy header and parquet footer, so a bad set fails here, naming the file."""
+    from types import SimpleNamespace
+
+    from shards.embeddings import EmbeddingSetError, is_embedding_set, open_embedding_set
+
+    try:
+        if not is_embedding_set(cfg.data.train):
+            return None
+        es = open_embedding_set(cfg.data.train, cfg.reader.label_column or None)
+    except (OSError, EmbeddingSetError) as e:
+        raise InputError(f"data.train: {e}") from None
+    if cfg.encoder.kind != "mlp" or cfg.encoder.in_features != es.dim:
+        raise ConfigError(f"data.train is an embedding set of dim {es.dim}: it trains encoder.kind=mlp with "
+                          f"encoder.in_features={es.dim} (got {cfg.encoder.kind}, {cfg.encoder.in_features})")
+    return SimpleNamespace(total=len(es), shards=es.parts)
 
 
 def _storage(path: str):
