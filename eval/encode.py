@@ -229,8 +229,8 @@ def _remove_stale_temps(out: str) -> int:
 
 
 class Progress:
-    def __init__(self, total: int, every_s: float, log):
-        self.total, self.every_s, self.log = total, every_s, log
+    def __init__(self, total: int, every_s: float, log, verb: str = "encoded"):
+        self.total, self.every_s, self.log, self.verb = total, every_s, log, verb
         self.done = self.samples = 0
         self.t0 = self.last = time.perf_counter()
 
@@ -240,7 +240,7 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= self.every_s or self.done == self.total:
             rate = self.samples / max(now - self.t0, 1e-9)
-            self.log(f"encoded {self.done}/{self.total} shards, {self.samples:,} samples, {rate:,.0f} samples/s")
+            self.log(f"{self.verb} {self.done}/{self.total} shards, {self.samples:,} samples, {rate:,.0f} samples/s")
             self.last = now
 
 

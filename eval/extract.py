@@ -171,11 +171,15 @@ def feature_shard(keys: list[str], tags: list[list[str]], labels: list[list[str]
 def written_rows(out_url: str, fmt: str) -> int | None:
     """Rows of an already written output part; None when it must be (re)done."""
     if fmt == "embeddings":
-        from shards.embeddings import EmbeddingSetWriter
+        from shards.embeddings import EmbeddingSetError, meta_url, npy_url, read_npy_header
 
         parent, name = storage.parent(out_url), out_url.rstrip("/").rsplit("/", 1)[-1]
-        w = EmbeddingSetWriter(parent, dim=0, dtype="float32")
-        return w.part_rows(name) if w.has_part(name) else None
+        if not storage.exists(meta_url(parent, name)):  # the parquet, written last, commits a part
+            return None
+        try:
+            return read_npy_header(npy_url(parent, name)).rows
+        except EmbeddingSetError:
+            return None
     if not storage.exists(out_url):
         return None
     try:
@@ -245,7 +249,7 @@ def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=prin
                 done[url] = {"shard": url, "out": target, "rows": rows, "skipped": None}
     log(f"{sum(len(m.shards) for m, _ in sets)} shards in {len(sets)} set(s): {len(done)} already extracted, "
         f"{len(plan)} to do ({cfg.encoder.kind}, {cfg.format})")
-    progress = Progress(len(plan), cfg.progress_every_s, log)
+    progress = Progress(len(plan), cfg.progress_every_s, log, verb="extracted")
     if plan:
         if local:
             ex = ShardExtractor(cfg)
@@ -265,9 +269,13 @@ def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=prin
         if cfg.format == "embeddings":
             from shards.embeddings import EmbeddingSetWriter
 
-            EmbeddingSetWriter(set_out, dim=0, dtype=cfg.dtype, source={"from": m.url, "split": m.split,
-                                                                        "label_names": m.label_names,
-                                                                        "backbone": cfg.encoder.kind}).close()
+            from shards.embeddings import npy_url, read_npy_header
+
+            name = entries[0]["out"].rstrip("/").rsplit("/", 1)[-1]
+            dim = read_npy_header(npy_url(set_out, name)).dim
+            EmbeddingSetWriter(set_out, dim=dim, dtype=cfg.dtype, source={
+                "from": m.url, "split": m.split, "label_names": m.label_names, "backbone": cfg.encoder.kind,
+                "skipped": dict(Counter(m.skipped) + skipped)}).close()
         else:
             shards_out = []
             for e in entries:
