@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -119,7 +121,8 @@ class Pipeline:
         job_id = jobs.submit(self.address, entry, working_dir=REPO,
                              env_vars={"PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"})
         _log(f"{name}: submitted Ray job {job_id}")
-        state = jobs.follow(self.address, job_id, write=lambda s: sys.stdout.write(_indent(s)))
+        shown = LogFilter()
+        state = jobs.follow(self.address, job_id, write=lambda s: sys.stdout.write(shown(s)))
         if state != "SUCCEEDED":
             raise SystemExit(f"demo: Ray job {job_id} ({name}) ended {state}; its logs are above "
                              f"(`wsdhq ray logs {job_id}` while the head runs)")
@@ -195,6 +198,7 @@ class Pipeline:
     # ---- the run ----------------------------------------------------------------------------------
     def run(self) -> Path:
         t0 = time.perf_counter()
+        logging.getLogger("ray").setLevel(logging.ERROR)  # job submission's packaging chatter
         self.root.mkdir(parents=True, exist_ok=True)
         self.stage_data()
         head = None
@@ -232,15 +236,39 @@ class Pipeline:
         return all((self.codes / n / "train" / "codes_manifest.json").exists() for n, _ in self.models())
 
 
-# Lines of Ray's and faiss's own chatter that bury the stages' progress lines in a followed log
-# (the full log stays available: `wsdhq ray logs <job id>`).
-NOISE = ("Reporting training result", "No module named 'faiss.swigfaiss_avx", "packaging.py:",
-         "working_dir.py:", "WebSocket closed for job", "please provide at least")
+# What a person reads in the demo: the stages' own lines. Ray's and faiss's chatter (timestamped
+# INFO/WARNING records, Train controller and worker-group lines, checkpoint notices, faiss's SIMD
+# probing) stays in the job's full log (`wsdhq ray logs <job id>`).
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RAY_RECORD = re.compile(r"^(\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+\]?\s+\S*\s*(INFO|WARNING|DEBUG)\b|"
+                        r"\[\d{4}-\d\d-\d\d [^]]*\] \S+ \d+ \d+\])")
+PREFIX = re.compile(r"^\((\w+) pid=\d+(?:, ip=[\d.]+)?\)\s*")
+NOISE = ("Running entrypoint for job", "Checkpoint successfully created", "faiss", "AVX", "Reporting training result",
+         "Reported metrics", "please provide at least", "repeated", "Setting up process group",
+         "WebSocket closed", "core_worker.cc")
 
 
-def _indent(chunk: str) -> str:
-    return "".join(f"    | {line}\n" for line in chunk.splitlines()
-                   if line.strip() and not any(n in line for n in NOISE))
+class LogFilter:
+    """Followed job log -> the lines worth a person's attention, each once, indented under its stage.
+
+    Ray prints every worker line twice here (the worker's own stream and Ray Train's log capture
+    both reach the driver), so a line equal to the last one kept is dropped."""
+
+    def __init__(self):
+        self.last = None
+
+    def __call__(self, chunk: str) -> str:
+        out = []
+        for line in ANSI.sub("", chunk).splitlines():
+            m = PREFIX.match(line)
+            actor = m.group(1) if m else None
+            text = line[m.end():] if m else line
+            if (not text.strip() or actor == "TrainController" or RAY_RECORD.match(text)
+                    or any(n in text for n in NOISE) or text == self.last):
+                continue
+            self.last = text
+            out.append(f"    | {text}\n")
+        return "".join(out)
 
 
 def _headline(row: dict, convention: str) -> float:
