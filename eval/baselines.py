@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval.faiss_export import _faiss
+from shards.config_checks import at_least, one_of
 
 METHODS = ("pq", "opq", "residual", "lsq", "random")
 
@@ -35,6 +36,11 @@ class BaselineConfig:
     lsq_train_iters: int = 10
     opq_iters: int = 10  # alternations of rotation / PQ (faiss default 50)
     rq_beam_size: int = 4
+
+    def __post_init__(self):
+        one_of(self, "methods", METHODS, many=True)
+        for key in ("max_train", "lsq_train_iters", "opq_iters", "rq_beam_size"):
+            at_least(self, key, 1)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shards.config_checks import at_least, require, within
 from trainer.checkpoint_io import InferenceModel
 from trainer.encoders import Encoder, EncoderConfig, build_encoder
 from trainer.losses import (adaptive_margin_loss, adaptive_margins, classification_loss,
@@ -52,10 +53,12 @@ class MethodConfig:
     # ~0.19: 512-1024 full-dimensional codewords over-fit 1,233 samples); docs/methods.md.
     codebook_iters: int = 1
     # Dead codewords after a solve that is not the update's last: "reseed" from the worst-coded rows
-    # of the gathered sample, then refit by the next solve (this project's choice: restoring them lets
-    # a codebook collapse as the encoder moves) or "restore" their previous values (the authors' code;
-    # the last solve of an update always restores, so no codeword is left unfitted).
-    dead_codewords: Literal["reseed", "restore"] = "reseed"
+    # of the gathered sample, then refit by the next solve (this project's choice with rounds to
+    # spare: restoring them lets a codebook collapse as the encoder moves) or "restore" their
+    # previous values (the authors' code; the last solve of an update always restores, so no
+    # codeword is left unfitted). "reseed" needs codebook_iters > 1: with one round there is no
+    # next solve to refit a re-seeded codeword, so the default is the one that acts.
+    dead_codewords: Literal["reseed", "restore"] = "restore"
     # progressive (dpq, wsdhq_progressive)
     tau: float = 1.0
     mu: float = 1.0
@@ -72,6 +75,22 @@ class MethodConfig:
     multi_label: bool = True  # DPQ: sigmoid BCE (True) or softmax CE (single-label)
     seed: int = 0
 
+    def __post_init__(self):
+        within(self, "K", 1, 256)  # codes are uint8
+        for key in ("embed_dim", "M", "icm_sweeps", "code_update_every", "codebook_iters"):
+            at_least(self, key, 1)
+        # the additive quantizer's k-means start splits the dimensions into M blocks
+        require(self.name != "wsdhq" or self.M <= self.embed_dim, "M",
+                f"must be <= method.embed_dim ({self.embed_dim}) for the additive quantizer, got {self.M}")
+        require(self.kmeans_sample >= self.K, "kmeans_sample",
+                f"must be >= method.K ({self.K}): k-means needs K rows, got {self.kmeans_sample}")
+        require(self.dead_codewords != "reseed" or self.codebook_iters > 1, "dead_codewords",
+                "'reseed' acts between the ICM+LS rounds of an update; with method.codebook_iters=1 "
+                "there is none: set codebook_iters > 1 or dead_codewords=restore")
+        for key in ("margin_gamma", "lambda_q", "ridge", "tau", "mu", "nu", "feature_epochs", "cls_weight"):
+            at_least(self, key, 0)
+        require(self.softmax_gamma > 0, "softmax_gamma", f"must be > 0, got {self.softmax_gamma!r}")
+
 
 @dataclass
 class OptimConfig:
@@ -83,6 +102,12 @@ class OptimConfig:
     decay_every_steps: int = 300  # 0 disables
     staircase: bool = True  # WSDHQ staircase; DPQ continuous (decay=0.9, every 10000, staircase False)
     codebook_lr: float = 1e-4  # Adam on the progressive codebooks (same decay law)
+
+    def __post_init__(self):
+        for key in ("lr", "weight_decay", "decay_every_steps", "codebook_lr"):
+            at_least(self, key, 0)
+        within(self, "momentum", 0, 1, high_open=True)
+        require(0 < self.decay <= 1, "decay", f"must be in (0, 1], got {self.decay!r}")
 
 
 class MethodNet(nn.Module):
@@ -270,8 +295,6 @@ class Method:
 
         iters = self.cfg.codebook_iters
         reseed = self.cfg.dead_codewords == "reseed" and iters > 1
-        if iters < 1:
-            raise ValueError(f"method.codebook_iters must be >= 1, got {iters}")
         if iters > 1 and iter(feature_batches) is feature_batches:
             feature_batches = list(feature_batches)
         rows = None
@@ -390,8 +413,4 @@ def build_method(cfg: MethodConfig, encoder_cfg: EncoderConfig, V) -> Method:
         if encoder_cfg.num_classes not in (0, V.shape[0]):
             raise ValueError(f"encoder.num_classes={encoder_cfg.num_classes} but there are {V.shape[0]} labels")
         encoder_cfg = dataclasses.replace(encoder_cfg, num_classes=V.shape[0])
-    if not 1 <= cfg.K <= 256:
-        raise ValueError(f"method.K={cfg.K}: codes are uint8, K must be in [1, 256]")
-    if cfg.code_update_every < 1:
-        raise ValueError(f"method.code_update_every={cfg.code_update_every}: must be >= 1 (epochs)")
     return Method(cfg, encoder_cfg, V)
