@@ -185,3 +185,19 @@ def test_the_encode_evaluate_and_tags_configs_check_their_ranges_when_they_load(
         load(cls, None, overrides)
     assert str(e.value) == message
     load(cls)  # the defaults pass their own checks
+
+
+@pytest.mark.parametrize("module, argv, line", [
+    ("eval.encode", ["--checkpoint", "c", "--shards", "s", "--out", "o", "batch_size=0"],
+     "encode: error: batch_size: must be >= 1, got 0"),
+    ("eval.evaluate", ["--query", "q", "--database", "d", "--out", "o", "top_k=0"],
+     "evaluate: error: top_k: expected a positive integer or 'all', got 0"),
+    ("trainer.tags.__main__", ["build", "--shards", "s", "--out", "o", "graph.eps=0"],
+     "error: graph.eps: must be a cosine distance in (0, 2], got 0.0"),
+])
+def test_the_clis_print_the_range_error_as_one_line_and_exit_2_before_reading_anything(module, argv, line,
+                                                                                       capsys):
+    import importlib
+
+    assert importlib.import_module(module).main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"
