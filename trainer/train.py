@@ -36,6 +36,7 @@ def preflight(cfg: RunConfig) -> dict:
     from shards import storage
     from shards.manifest import Manifest
     from shards.reader import ReaderError, SlotPlan, train_batches
+    from trainer.quantizers.kmeans import require_faiss
     from trainer.tags import TagSemantics
 
     if not cfg.data.train:
@@ -50,6 +51,11 @@ def preflight(cfg: RunConfig) -> dict:
         raise InputError(f"data.train: the training set at {cfg.data.train} is empty (0 samples)")
     kmeans = cfg.method.name == "wsdhq" or (cfg.method.progressive_init == "kmeans" or (
         cfg.method.progressive_init == "auto" and cfg.method.name == "wsdhq_progressive"))
+    if kmeans:
+        try:
+            require_faiss()
+        except ImportError as e:
+            raise ConfigError(f"method.name={cfg.method.name}: {e}") from None
     if kmeans and manifest.total < cfg.method.K:
         raise InputError(f"method.K={cfg.method.K} but data.train has only {manifest.total} samples: the codebooks "
                          f"start from k-means, which needs at least K samples; use a smaller method.K or more data")

@@ -326,3 +326,36 @@ def test_dead_codewords_are_reseeded_from_the_worst_coded_rows_as_their_residual
     # the worst row is now exactly reconstructable: codeword (0, 2) with its old codebook-1 word
     torch.testing.assert_close(q.codebooks[0, 2] + q.codebooks[1, codes[i, 1]], x[i])
     assert q.reseed_dead(torch.zeros(2, 4, dtype=torch.bool), x) == 0
+
+
+def test_without_faiss_quantizers_load_encode_and_decode_and_k_means_names_the_extra(tmp_path):
+    """faiss is an optional extra for real: Python's import system told it is absent
+    (``sys.modules["faiss"] = None``), everything but k-means still runs."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["faiss"] = None
+import torch
+import eval.encode, eval.evaluate, trainer.checkpoint_io, trainer.methods, trainer.train
+from trainer.quantizers import AdditiveQuantizer, load_quantizer
+q = AdditiveQuantizer(8, 2, 4)
+q.codebooks, q.is_trained = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0)), True
+q.save({str(tmp_path / "q.npz")!r})
+x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+codes = load_quantizer({str(tmp_path / "q.npz")!r}).encode(x)
+print("codes", tuple(codes.shape), bool(torch.equal(codes, q.encode(x))))
+try:
+    AdditiveQuantizer(8, 2, 4).init_kmeans(x, 0)
+except ImportError as e:
+    print("error:", e)
+"""
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "codes (6, 2) True",
+        "error: k-means (the codebooks' start) needs faiss: pip install 'wsdhq[faiss]' (faiss-cpu)"]

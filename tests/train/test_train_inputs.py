@@ -111,3 +111,27 @@ def test_fewer_shards_than_workers_is_accepted_with_the_readers_plan_stated(digi
                                   "shard and keeps its share of samples by index")
     cfg = config_lib.load(RunConfig, _write(tmp_path, data), ["scaling.num_workers=8", "reader.batch_size=40"])
     assert preflight(cfg)["slot_plan"] is None
+
+
+def test_without_faiss_a_method_that_starts_from_k_means_is_refused_before_any_worker(digits_features, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = _write(tmp_path, _good(digits_features, tmp_path))
+    script = f"""
+import sys
+sys.modules["faiss"] = None  # Python's import system: faiss is not installed
+from trainer import config
+from trainer.run_config import RunConfig
+from trainer.train import main, preflight
+rc = main(["--config", {cfg!r}])
+# DPQ's codebooks start random (trained by gradient): it needs no faiss
+facts = preflight(config.load(RunConfig, {cfg!r}, ["method.name=dpq"]))
+print("rc", rc, "dpq", facts["train_samples"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "rc 2 dpq 480"
+    assert out.stderr == ("wsdhq train: method.name=wsdhq: k-means (the codebooks' start) needs faiss: "
+                          "pip install 'wsdhq[faiss]' (faiss-cpu)\n")
+    assert not (tmp_path / "runs").exists()
