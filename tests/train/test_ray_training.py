@@ -78,7 +78,7 @@ def test_a_trained_two_worker_runs_codebook_update_is_the_one_process_update_on_
     from trainer.methods import build_method
 
     result, final = reference_fit
-    by_epoch = {checkpointing.load(d).state.epoch: d for d in Path(result.path).glob("checkpoint_*")}
+    by_epoch = {checkpointing.load(d).state.epoch: d for d in Path(result.path).glob("checkpoint_20*")}
     before, after = checkpointing.load(by_epoch[2]).method_state, checkpointing.load(by_epoch[3]).method_state
     assert before["codebook_updates"] == 2 and after["codebook_updates"] == 3
     cfg = run_config(digits_features, Path(result.path).parent, "reference", "training.epochs=3",
