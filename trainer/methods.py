@@ -193,8 +193,8 @@ class Method:
         # tanh output f are dominated by its norm. DPQ keeps raw f, as its code does.
         self.space = "z" if cfg.name != "dpq" and cfg.quant_reading == "sphere" else "f"
         self.net: nn.Module = MethodNet(encoder, pq, cfg.end_to_end, self.space)
-        self.quantizer = pq if self.progressive else AdditiveQuantizer(
-            cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge)
+        self.quantizer = pq if self.progressive else AdditiveQuantizer(  # owns its metric V̄ (saved with it)
+            cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge, weights=reading_weights(self.V, cfg.quant_reading))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.codebook_updates = 0
 
@@ -206,7 +206,7 @@ class Method:
     @property
     def icm_weights(self) -> torch.Tensor | None:
         """Tag directions ICM and L_q measure errors along (None for progressive methods)."""
-        return None if self.progressive else reading_weights(self.V, self.cfg.quant_reading)
+        return None if self.progressive else self.quantizer.weights
 
     def loss(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss for one batch: ``batch["x"]`` images/features, ``batch["y"]`` (B, T) multi-hot
@@ -234,13 +234,12 @@ class Method:
             terms.update(d_soft=d_soft.item(), d_hard=d_hard.item(), jcl=jcl.item(), q=on * l_q.item())
         elif self.quantizer.is_trained and self.cfg.lambda_q > 0:
             t = reading_target(f, self.cfg.quant_reading)
-            W = self.icm_weights
             q = self.quantizer
             if q.codebooks.device != f.device:
-                q.codebooks = q.codebooks.to(f.device)
+                q.to(f.device)
             with torch.no_grad():
-                recon = q.decode(q.encode(t.detach(), W, generator=self.generator))
-            l_q = quantization_loss(t, recon, W)
+                recon = q.decode(self._codes(t.detach()))
+            l_q = quantization_loss(t, recon, q.weights.to(f.device))
             total = total + self.cfg.lambda_q * l_q
             terms["q"] = l_q.item()
         terms["total"] = total.item()
@@ -288,7 +287,7 @@ class Method:
         if self.progressive and not self.kmeans_start:
             raise RuntimeError(f"method {self.cfg.name!r} trains its codebooks by gradient from a random "
                                "start; codebook_update is for 'wsdhq' or method.progressive_init=kmeans")
-        q, W = self.quantizer, self.icm_weights
+        q = self.quantizer
         def read(b) -> torch.Tensor:
             t = torch.as_tensor(b).detach().float().to(q.codebooks.device)
             return t if self.progressive else reading_target(t, self.cfg.quant_reading)
@@ -318,7 +317,6 @@ class Method:
             if not q.is_trained:
                 q.init_kmeans(rows, self.cfg.seed)
         dev = q.codebooks.device
-        W = W.to(dev)
         MK = q.M * q.K  # zeros on the codebooks' device: a rank without data still joins the reduce
         reseeded = 0
         for it in range(iters):
@@ -326,7 +324,7 @@ class Method:
                                        torch.zeros(MK, q.D, dtype=torch.float64, device=dev), 0)
             for b in feature_batches:
                 t = read(b)
-                stats = stats + q.statistics(t, q.encode(t, W, generator=self.generator))
+                stats = stats + q.statistics(t, self._codes(t))
             flat = reduce(stats.flatten())
             stats = CodebookStatistics.from_flat(flat, q.M, q.K, q.D)
             if stats.n == 0:
@@ -335,10 +333,16 @@ class Method:
             dead = q.solve(stats)
             if reseed and it + 1 < iters:  # the next solve refits what is re-seeded here
                 g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.codebook_updates * 31 + it)
-                reseeded += q.reseed_dead(dead, rows, W, generator=g)
+                reseeded += q.reseed_dead(dead, rows, generator=g)
         self.codebook_updates += 1
         return {"codebook_updates": self.codebook_updates, "samples": int(stats.n),
                 "dead_codewords": int(dead.sum()), "reseeded": reseeded}
+
+    def _codes(self, t: torch.Tensor) -> torch.Tensor:
+        """Additive codes of ``t`` with ICM block orders drawn from the method's seeded stream
+        (per batch in training, per update from (seed, epoch)); inference draws none of it."""
+        with self.quantizer.block_orders_from(self.generator):
+            return self.quantizer.encode(t)
 
     # ---- inference -----------------------------------------------------------------------------
     @property
@@ -348,7 +352,7 @@ class Method:
 
     def inference(self) -> InferenceModel:
         """The encode-time view (shares the encoder and quantizer; no copy)."""
-        return InferenceModel(self.encoder, self.quantizer, self.quantized_space, self.icm_weights, {})
+        return InferenceModel(self.encoder, self.quantizer, self.quantized_space, {})
 
     @contextlib.contextmanager
     def _eval(self):
