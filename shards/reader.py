@@ -67,7 +67,8 @@ class ReaderConfig:
         for key in ("num_workers", "shuffle_buffer"):
             at_least(self, key, 0)
         lo, hi = self.crop_scale
-        require(0 < lo <= hi <= 1, "crop_scale", f"must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r}")
+        require(0 < lo <= hi <= 1, "crop_scale",
+                f"must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r}")
 
 
 class ReaderError(RuntimeError):

@@ -194,7 +194,8 @@ class Method:
         self.space = "z" if cfg.name != "dpq" and cfg.quant_reading == "sphere" else "f"
         self.net: nn.Module = MethodNet(encoder, pq, cfg.end_to_end, self.space)
         self.quantizer = pq if self.progressive else AdditiveQuantizer(  # owns its metric V̄ (saved with it)
-            cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge, weights=reading_weights(self.V, cfg.quant_reading))
+            cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge,
+            weights=reading_weights(self.V, cfg.quant_reading))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.codebook_updates = 0
 

@@ -47,7 +47,8 @@ def test_every_shipped_training_config_loads_into_the_typed_tree(name):
     # range checks live in the config sections and fire while the config loads, on the driver
     ({}, ["reader.batch_size=0"], "reader.batch_size: must be >= 1, got 0"),
     ({}, ["method.K=1024"], "method.K: must be in [1, 256], got 1024"),
-    ({}, ["method.embed_dim=8", "method.M=9"], "method.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
+    ({}, ["method.embed_dim=8", "method.M=9"],
+     "method.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
     ({}, ["method.code_update_every=0"], "method.code_update_every: must be >= 1, got 0"),
     ({}, ["method.codebook_iters=0"], "method.codebook_iters: must be >= 1, got 0"),
     ({}, ["encoder.in_features=0"], "encoder.in_features: must be set (the length of feat.npy)"),
