@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval.faiss_export import _faiss
+from shards.config_checks import at_least, one_of
 
 METHODS = ("pq", "opq", "residual", "lsq", "random")
 PROJECTIONS = ("none", "pca", "tags")
@@ -64,6 +65,11 @@ class BaselineConfig:
             raise ConfigError(f"baselines.projections: unknown {bad}; known: {', '.join(PROJECTIONS)}")
         if self.projection_dim < 1:
             raise ConfigError(f"baselines.projection_dim={self.projection_dim}: must be >= 1")
+
+    def __post_init__(self):
+        one_of(self, "methods", METHODS, many=True)
+        for key in ("max_train", "lsq_train_iters", "opq_iters", "rq_beam_size"):
+            at_least(self, key, 1)
 
 
 @dataclass

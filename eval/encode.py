@@ -41,6 +41,7 @@ import torch
 from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
 from eval.decoding import Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
 from shards import storage
+from shards.config_checks import above, at_least, within
 from shards.manifest import Manifest, sha256_of
 from trainer import config as tconfig
 
@@ -67,14 +68,16 @@ class EncodeConfig:
     # interpreter importing torch, ~2-4 s) costs more than it saves on a job of seconds.
     decoder_min_samples: int = 20_000
 
+    def __post_init__(self):
+        at_least(self, "batch_size", 1)
+        for key in ("image_size", "actors", "max_shards", "decoders", "decoder_min_samples", "progress_every_s"):
+            at_least(self, key, 0)
+        above(self, "cpus_per_actor", 0)
+        within(self, "decode_nice", 0, 19)  # os.nice increments: 0 (the model's priority) to 19
+
 
 class EncodeError(ValueError):
     """The job cannot run as asked; the message names the culprit."""
-
-
-def check_config(cfg: EncodeConfig) -> None:
-    if cfg.decoders < 0:
-        raise EncodeError(f"decoders={cfg.decoders}: the number of decoder processes is 0 (a thread) or more")
 
 
 def checkpoint_identity(checkpoint: str) -> dict:
@@ -130,7 +133,6 @@ class ShardEncoder:
         self.image_size = cfg.image_size or self.model.image_size
         if not self.features_only and not self.image_size:
             raise EncodeError(f"checkpoint {checkpoint} records no image_size: pass image_size=<pixels>")
-        check_config(cfg)
         self.spec = ReadSpec(cfg.batch_size, self.features_only, self.in_features,
                              None if self.features_only else self.image_size)
         self.decoders: Decoders | None = None
@@ -274,7 +276,6 @@ def _run_ray(checkpoint: str, todo: list[tuple[str, int, str]], cfg: EncodeConfi
 def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool = False, log=print) -> dict | None:
     """Encode every shard not yet encoded; write the manifest when all are done (returns it), else None."""
     checkpoint, shards, out = str(checkpoint), str(shards), str(out)
-    check_config(cfg)
     source = Manifest.load(shards)
     ident = checkpoint_identity(checkpoint)
     meta = ident["meta"]

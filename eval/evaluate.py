@@ -26,6 +26,7 @@ from eval.codes import CodeSet, CodeSetError, check_compatible, load_code_set
 from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
 from eval.scoring import AQDSearcher, decode, query_chunks, search_features
 from shards import storage
+from shards.config_checks import at_least, one_of, require
 from trainer import config as tconfig
 
 
@@ -45,17 +46,26 @@ class EvaluateConfig:
     grid_queries: int = 4
     grid_top: int = 10
 
+    def __post_init__(self):
+        require(self.top_k == "all" or (isinstance(self.top_k, int) and self.top_k >= 1), "top_k",
+                f"expected a positive integer or 'all', got {self.top_k!r}")
+        require(all(k >= 1 for k in self.precision_at), "precision_at",
+                f"every cut-off must be >= 1, got {self.precision_at!r}")
+        one_of(self, "scorings", ("aqd", "sqd", "feature"), many=True)
+        one_of(self, "headline_convention", sorted(CONVENTIONS))
+        one_of(self, "search_backend", ("auto", "faiss", "torch"))
+        for key in ("query_chunk", "db_chunk", "grid_top"):
+            at_least(self, key, 1)
+        at_least(self, "pr_points", 2)
+        at_least(self, "grid_queries", 0)
+
 
 class EvaluationError(ValueError):
     """The inputs cannot be evaluated as given; the message names the culprit."""
 
 
 def _k(cfg: EvaluateConfig, n: int) -> int:
-    if cfg.top_k == "all":
-        return n
-    if isinstance(cfg.top_k, str) or cfg.top_k < 1:
-        raise EvaluationError(f"top_k: expected a positive integer or 'all', got {cfg.top_k!r}")
-    return min(int(cfg.top_k), n)
+    return n if cfg.top_k == "all" else min(int(cfg.top_k), n)
 
 
 def shard_keys(shard_set: str) -> set[str]:
@@ -131,11 +141,6 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
                               "(encode a shard set whose samples have labels.json)")
     if not db.has_labels:
         raise EvaluationError(f"database codes {db.url} carry no ground-truth labels")
-    if cfg.headline_convention not in CONVENTIONS:
-        raise EvaluationError(f"headline_convention: {cfg.headline_convention!r} not in {sorted(CONVENTIONS)}")
-    unknown = set(cfg.scorings) - {"aqd", "sqd", "feature"}
-    if unknown:
-        raise EvaluationError(f"scorings: unknown {sorted(unknown)}; known: aqd, sqd, feature")
     disjoint = check_disjoint(query, db, train_keys if train is None else set(train.keys.tolist()))
     names = query.manifest.get("label_names") or sorted(set(query.label_names()) | set(db.label_names()))
     ql, dl = query.label_matrix(names), db.label_matrix(names)

@@ -236,7 +236,8 @@ class EmbeddingLoader:
         self.epoch, self.cache_dir, self.skips = epoch, cache_dir, Counter()
         workers = max(1, cfg.num_workers)
         if train:
-            self.batches, self.per_worker = train_batches(es.url, total, world_size, cfg.batch_size, workers)
+            self.batches = train_batches(total, world_size, cfg.batch_size, es.url)
+            self.per_worker = worker_shares(self.batches, workers)
         else:
             self.per_worker = None
             probe = self._stream()

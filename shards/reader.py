@@ -13,7 +13,8 @@ and how many batches it yields, computed from the manifest counts so no rank eve
   ranks; ``len(loader)`` is this rank's batch count (partial last batches per worker).
 * Fewer shards than slots: every slot reads every shard and keeps the samples whose global index
   ``% slots == slot`` (correct for both modes; costs ``slots`` times the reads, fine for small sets,
-  so the loader logs it). Convert with a smaller ``--max-count`` to avoid it.
+  so the loader logs it). Convert with a smaller ``--max-count`` to avoid it. ``SlotPlan`` is that
+  rule; the training driver applies the same one (and ``train_batches``) before any worker starts.
 
 Bad samples are skipped and counted by reason in ``loader.skips`` (logged at the end of each pass);
 a missing shard or a shard whose byte size disagrees with the manifest is refused before streaming.
@@ -36,6 +37,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 from webdataset.utils import make_seed
 
 from shards import storage
+from shards.config_checks import at_least, require
 from shards.images import DEFAULT_MAX_PIXELS, decode_rgb
 from shards.manifest import Manifest, ManifestError
 from shards.schema import IMAGE_EXTS, SampleError, decode_fields
@@ -61,12 +63,49 @@ class ReaderConfig:
     label_column: str = ""  # embedding sets without embeddings.json (clip-retrieval): the labels column
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.image_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
-            raise ValueError("batch_size and image_size must be >= 1, num_workers and shuffle_buffer >= 0")
+        for key in ("batch_size", "image_size", "max_pixels"):
+            at_least(self, key, 1)
+        for key in ("num_workers", "shuffle_buffer"):
+            at_least(self, key, 0)
+        lo, hi = self.crop_scale
+        require(0 < lo <= hi <= 1, "crop_scale",
+                f"must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r}")
 
 
 class ReaderError(RuntimeError):
     """The shard set cannot be read as asked; the message names the set and the numbers."""
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """How a shard set is dealt to the ``world_size x workers`` slots: whole shards per slot, or, with
+    fewer shards than slots, every shard to every slot, each keeping the samples whose global index
+    ``% slots == slot``. The one rule the reader follows and the training driver checks beforehand."""
+
+    shards: int
+    world_size: int
+    workers: int  # DataLoader workers per rank (0 counts as 1: the rank's own process)
+
+    @property
+    def slots(self) -> int:
+        return self.world_size * max(1, self.workers)
+
+    @property
+    def by_sample(self) -> bool:
+        return self.shards < self.slots
+
+    def describe(self) -> str:
+        return (f"{self.shards} shard(s) < {self.slots} slots (world_size {self.world_size} x workers "
+                f"{max(1, self.workers)}): every slot reads every shard and keeps its share of samples by index")
+
+
+def train_batches(total: int, world_size: int, batch_size: int, url: str) -> int:
+    """Batches every rank yields in a training pass: full batches only, the same on every rank."""
+    batches = total // (world_size * batch_size)
+    if batches == 0:
+        raise ReaderError(f"{url}: {total} samples < world_size {world_size} x batch_size {batch_size}; "
+                          "no full batch per rank")
+    return batches
 
 
 class CountingHandler:
@@ -134,9 +173,8 @@ class _SlotStream(IterableDataset):
         self.urls, self.offsets, self.total = manifest.shard_urls(), manifest.offsets(), manifest.total
         self.cfg, self.rank, self.world, self.epoch, self.train = cfg, rank, world_size, epoch, train
         self.per_worker_batches = per_worker_batches  # train mode: batches each worker yields
-        self.workers = max(1, cfg.num_workers)
-        self.slots = world_size * self.workers
-        self.by_sample = len(self.urls) < self.slots
+        plan = SlotPlan(len(self.urls), world_size, cfg.num_workers)
+        self.workers, self.slots, self.by_sample = max(1, cfg.num_workers), plan.slots, plan.by_sample
 
     def _passes(self, slot: int) -> Iterator[Iterable[int]]:
         """Shard numbers this slot reads, pass by pass (train repeats its passes until enough batches)."""
@@ -254,13 +292,9 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-def train_batches(url: str, total: int, world_size: int, batch_size: int, workers: int) -> tuple[int, list[int]]:
-    """Full batches every rank yields in a training pass, and how its DataLoader workers split them."""
-    batches = total // (world_size * batch_size)
-    if batches == 0:
-        raise ReaderError(f"{url}: {total} samples < world_size {world_size} x batch_size {batch_size}; "
-                          "no full batch per rank")
-    return batches, [batches // workers + (w < batches % workers) for w in range(workers)]
+def worker_shares(batches: int, workers: int) -> list[int]:
+    """How a rank's DataLoader workers split its ``batches`` (the first ones take one more)."""
+    return [batches // workers + (w < batches % workers) for w in range(workers)]
 
 
 class Loader:
@@ -276,26 +310,25 @@ class Loader:
         self.epoch = epoch
         self.skips: Counter = Counter()
         workers = max(1, cfg.num_workers)
-        slots = world_size * workers
-        if len(manifest.shards) < slots:
-            log.info("%s: %d shard(s) < %d slots (world_size %d x workers %d): every slot reads every shard "
-                     "and keeps its share of samples by index", manifest.url, len(manifest.shards), slots,
-                     world_size, workers)
+        plan = SlotPlan(len(manifest.shards), world_size, cfg.num_workers)
+        if plan.by_sample:
+            log.info("%s: %s", manifest.url, plan.describe())
         if train:
-            self.batches, self.per_worker = train_batches(manifest.url, manifest.total, world_size, cfg.batch_size,
-                                                          workers)
+            self.batches = train_batches(manifest.total, world_size, cfg.batch_size, manifest.url)
+            self.per_worker = worker_shares(self.batches, workers)
         else:
             self.per_worker = None
-            self.batches = sum(-(-n // cfg.batch_size) for n in self._eval_counts(slots, workers))
+            self.batches = sum(-(-n // cfg.batch_size) for n in self._eval_counts(plan))
         if cfg.check_sizes:
             self._check_shards()
 
-    def _eval_counts(self, slots: int, workers: int) -> list[int]:
+    def _eval_counts(self, plan: SlotPlan) -> list[int]:
         counts = [s.count for s in self.manifest.shards]
         out = []
+        slots, workers = plan.slots, max(1, plan.workers)
         for w in range(workers):
             slot = self.rank * workers + w
-            if len(counts) < slots:
+            if plan.by_sample:
                 out.append(len(range(slot, sum(counts), slots)))
             else:
                 out.append(sum(counts[slot::slots]))

@@ -252,6 +252,9 @@ def train_epoch(run: WorkerRun, state: TrainState, epoch: int) -> tuple[dict[str
             sums[k] += v
         state.step += 1
     clock.stop()
+    for _ in it:  # past the last batch come the DataLoader workers' counts of the samples they skipped
+        pass
+    clock.skips = dict(data.skips)
     return {k: v / max(n_batches, 1) for k, v in sums.items()}, clock
 
 
@@ -297,12 +300,17 @@ def epoch_record(run: WorkerRun, state: TrainState, epoch: int, terms: dict[str,
     mean = dist.all_reduce_mean({**{f"loss/{k}": v for k, v in terms.items()},
                                  "data_wait_fraction": timing["data_wait_fraction"]})
     samples = dist.all_reduce_sum(torch.tensor([clock.samples], dtype=torch.float64)).item()
+    skips: dict[str, int] = defaultdict(int)  # bad samples the training pass met, by reason, all ranks
+    for rank_skips in dist.all_gather_object(clock.skips):
+        for reason, n in rank_skips.items():
+            skips[reason] += n
     seconds = dist.all_reduce_max(timing["epoch_seconds"])
     previous = state.metrics[-1] if state.metrics else {}
     record = {"epoch": epoch, "epochs": run.cfg.training.epochs, "step": state.step,
               "loss": mean.pop("loss/total", float("nan")), **mean,
               "samples": int(samples), "epoch_seconds": seconds, "samples_per_s": samples / seconds,
               "world_size": run.world_size, "codebook_update_seconds": 0.0, "codebook_embed_seconds": 0.0,
+              "skipped": sum(skips.values()), "skips": dict(sorted(skips.items())),
               # codebook quality is measured at updates; between them the codebooks do not change
               "quantization_error": previous.get("quantization_error"),
               "live_codewords": previous.get("live_codewords")}

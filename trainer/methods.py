@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shards.config_checks import at_least, require, within
 from trainer.checkpoint_io import InferenceModel
 from trainer.encoders import Encoder, EncoderConfig, build_encoder
 from trainer.losses import (adaptive_margin_loss, adaptive_margins, classification_loss,
@@ -83,6 +84,20 @@ class MethodConfig:
     multi_label: bool = True  # DPQ: sigmoid BCE (True) or softmax CE (single-label)
     seed: int = 0
 
+    def __post_init__(self):
+        within(self, "K", 1, 256)  # codes are uint8
+        for key in ("embed_dim", "M", "icm_sweeps", "code_update_every", "codebook_iters"):
+            at_least(self, key, 1)
+        # the additive quantizer's k-means start splits the dimensions into M blocks
+        require(self.name != "wsdhq" or self.M <= self.embed_dim, "M",
+                f"must be <= method.embed_dim ({self.embed_dim}) for the additive quantizer, got {self.M}")
+        require(self.kmeans_sample >= self.K, "kmeans_sample",
+                f"must be >= method.K ({self.K}): k-means needs K rows, got {self.kmeans_sample}")
+        at_least(self, "icm_restarts", 1)
+        for key in ("margin_gamma", "lambda_q", "ridge", "tau", "mu", "nu", "feature_epochs", "cls_weight"):
+            at_least(self, key, 0)
+        require(self.softmax_gamma > 0, "softmax_gamma", f"must be > 0, got {self.softmax_gamma!r}")
+
 
 @dataclass
 class OptimConfig:
@@ -94,6 +109,12 @@ class OptimConfig:
     decay_every_steps: int = 300  # 0 disables
     staircase: bool = True  # WSDHQ staircase; DPQ continuous (decay=0.9, every 10000, staircase False)
     codebook_lr: float = 1e-4  # Adam on the progressive codebooks (same decay law)
+
+    def __post_init__(self):
+        for key in ("lr", "weight_decay", "decay_every_steps", "codebook_lr"):
+            at_least(self, key, 0)
+        within(self, "momentum", 0, 1, high_open=True)
+        require(0 < self.decay <= 1, "decay", f"must be in (0, 1], got {self.decay!r}")
 
 
 class MethodNet(nn.Module):
@@ -179,8 +200,9 @@ class Method:
         # tanh output f are dominated by its norm. DPQ keeps raw f, as its code does.
         self.space = "z" if cfg.name != "dpq" and cfg.quant_reading == "sphere" else "f"
         self.net: nn.Module = MethodNet(encoder, pq, cfg.end_to_end, self.space)
-        self.quantizer = pq if self.progressive else AdditiveQuantizer(
-            cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge, icm_restarts=cfg.icm_restarts)
+        self.quantizer = pq if self.progressive else AdditiveQuantizer(  # owns its metric V̄ (saved with it)
+            cfg.embed_dim, cfg.M, cfg.K, cfg.icm_sweeps, cfg.ridge, icm_restarts=cfg.icm_restarts,
+            weights=reading_weights(self.V, cfg.quant_reading))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.codebook_updates = 0
 
@@ -192,7 +214,7 @@ class Method:
     @property
     def icm_weights(self) -> torch.Tensor | None:
         """Tag directions ICM and L_q measure errors along (None for progressive methods)."""
-        return None if self.progressive else reading_weights(self.V, self.cfg.quant_reading)
+        return None if self.progressive else self.quantizer.weights
 
     def loss(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss for one batch: ``batch["x"]`` images/features, ``batch["y"]`` (B, T) multi-hot
@@ -220,13 +242,12 @@ class Method:
             terms.update(d_soft=d_soft.item(), d_hard=d_hard.item(), jcl=jcl.item(), q=on * l_q.item())
         elif self.quantizer.is_trained and self.cfg.lambda_q > 0:
             t = reading_target(f, self.cfg.quant_reading)
-            W = self.icm_weights
             q = self.quantizer
             if q.codebooks.device != f.device:
-                q.codebooks = q.codebooks.to(f.device)
+                q.to(f.device)
             with torch.no_grad():
-                recon = q.decode(q.encode(t.detach(), W, generator=self.generator))
-            l_q = quantization_loss(t, recon, W)
+                recon = q.decode(self._codes(t.detach()))
+            l_q = quantization_loss(t, recon, q.weights.to(f.device))
             total = total + self.cfg.lambda_q * l_q
             terms["q"] = l_q.item()
         terms["total"] = total.item()
@@ -274,15 +295,13 @@ class Method:
         if self.progressive and not self.kmeans_start:
             raise RuntimeError(f"method {self.cfg.name!r} trains its codebooks by gradient from a random "
                                "start; codebook_update is for 'wsdhq' or method.progressive_init=kmeans")
-        q, W = self.quantizer, self.icm_weights
+        q = self.quantizer
         def read(b) -> torch.Tensor:
             t = torch.as_tensor(b).detach().float().to(q.codebooks.device)
             return t if self.progressive else reading_target(t, self.cfg.quant_reading)
 
         iters = self.cfg.codebook_iters
         reseed = self.cfg.dead_codewords == "reseed"
-        if iters < 1:
-            raise ValueError(f"method.codebook_iters must be >= 1, got {iters}")
         # The gathered sample seeds k-means, re-seeds dead codewords and measures the live ones;
         # the batches are read again for the statistics, so a one-shot iterator is kept as a list.
         if iter(feature_batches) is feature_batches:
@@ -301,7 +320,6 @@ class Method:
             self.codebook_updates += 1
             return {"codebook_updates": self.codebook_updates, "samples": int(len(rows)),
                     "dead_codewords": 0}
-        W = W.to(q.codebooks.device)
         starts = ["kmeans"] if not q.is_trained else {"warm": ["warm"], "kmeans": ["kmeans"],
                                                       "best": ["warm", "kmeans"]}[self.cfg.codebook_start]
         best = None
@@ -310,8 +328,8 @@ class Method:
                 q.init_kmeans(rows, self.cfg.seed + self.codebook_updates)
             elif best is not None:
                 q.codebooks = best[0]
-            n, dead, reseeded = self._fit_rounds(feature_batches, read, reduce, rows, W, reseed)
-            health = q.health(rows, W, generator=self.update_generator(iters))
+            n, dead, reseeded = self._fit_rounds(feature_batches, read, reduce, rows, reseed)
+            health = q.health(rows, generator=self.update_generator(iters))
             if best is None or health["quantization_error"] < best[3]["quantization_error"]:
                 best = (q.codebooks, dead, reseeded, health, start)
             else:
@@ -323,7 +341,7 @@ class Method:
         return {"codebook_updates": self.codebook_updates, "samples": n, "dead_codewords": int(dead.sum()),
                 "reseeded": reseeded, "codebook_start": start, **health}
 
-    def _fit_rounds(self, feature_batches, read, reduce, rows, W, reseed) -> tuple[int, torch.Tensor, int]:
+    def _fit_rounds(self, feature_batches, read, reduce, rows, reseed) -> tuple[int, torch.Tensor, int]:
         """``codebook_iters`` rounds of ICM codes -> statistics -> all-reduce -> ridge solve, dead
         codewords re-seeded after each solve; returns (samples, last dead mask, re-seeded count)."""
         q = self.quantizer
@@ -335,20 +353,26 @@ class Method:
                                        torch.zeros(MK, q.D, dtype=torch.float64, device=dev), 0)
             for b in feature_batches:
                 t = read(b)
-                stats = stats + q.statistics(t, q.encode(t, W, generator=self.generator))
+                stats = stats + q.statistics(t, self._codes(t))
             stats = CodebookStatistics.from_flat(reduce(stats.flatten()), q.M, q.K, q.D)
             if stats.n == 0:
                 raise ValueError("codebook_update: no embeddings on any rank (feature_batches was empty; "
                                  "a generator cannot be iterated twice on the first call)")
             dead = q.solve(stats)
             if reseed:  # after the last solve too: a dead codeword left stale is never chosen again
-                reseeded += q.reseed_dead(dead, rows, W, generator=self.update_generator(it))
+                reseeded += q.reseed_dead(dead, rows, generator=self.update_generator(it))
         return int(stats.n), dead, reseeded
 
     def update_generator(self, salt: int) -> torch.Generator:
         """Randomness of a codebook update's sample-side steps (re-seeding, health): a function of
         (seed, update, salt) only, so every rank, holding the same gathered sample, draws the same."""
         return torch.Generator().manual_seed(self.cfg.seed * 7919 + self.codebook_updates * 31 + salt)
+
+    def _codes(self, t: torch.Tensor) -> torch.Tensor:
+        """Additive codes of ``t`` with ICM block orders drawn from the method's seeded stream
+        (per batch in training, per update from (seed, epoch)); inference draws none of it."""
+        with self.quantizer.block_orders_from(self.generator):
+            return self.quantizer.encode(t)
 
     # ---- inference -----------------------------------------------------------------------------
     @property
@@ -358,7 +382,7 @@ class Method:
 
     def inference(self) -> InferenceModel:
         """The encode-time view (shares the encoder and quantizer; no copy)."""
-        return InferenceModel(self.encoder, self.quantizer, self.quantized_space, self.icm_weights, {})
+        return InferenceModel(self.encoder, self.quantizer, self.quantized_space, {})
 
     @contextlib.contextmanager
     def _eval(self):
@@ -423,8 +447,4 @@ def build_method(cfg: MethodConfig, encoder_cfg: EncoderConfig, V) -> Method:
         if encoder_cfg.num_classes not in (0, V.shape[0]):
             raise ValueError(f"encoder.num_classes={encoder_cfg.num_classes} but there are {V.shape[0]} labels")
         encoder_cfg = dataclasses.replace(encoder_cfg, num_classes=V.shape[0])
-    if not 1 <= cfg.K <= 256:
-        raise ValueError(f"method.K={cfg.K}: codes are uint8, K must be in [1, 256]")
-    if cfg.code_update_every < 1:
-        raise ValueError(f"method.code_update_every={cfg.code_update_every}: must be >= 1 (epochs)")
     return Method(cfg, encoder_cfg, V)

@@ -31,21 +31,18 @@ def resolve_storage(path: str) -> str:
 
 
 def preflight(cfg: RunConfig) -> dict:
-    """Check what the workers will read, on the driver; returns facts the summary prints."""
+    """Check what the workers will read, on the driver; returns facts the summary prints. (The
+    config's own ranges were checked when it was loaded: each section's ``__post_init__``.)"""
     from shards import storage
     from shards.manifest import Manifest
+    from shards.reader import ReaderError, SlotPlan, train_batches
+    from trainer.quantizers.kmeans import require_faiss
     from trainer.tags import TagSemantics
 
     if not cfg.data.train:
         raise ConfigError("data.train: no training shard set given")
     if not cfg.data.tags:
         raise ConfigError("data.tags: no tag semantics artifact given (python -m trainer.tags build ...)")
-    if cfg.training.epochs < 1:
-        raise ConfigError(f"training.epochs: must be >= 1, got {cfg.training.epochs}")
-    if cfg.scaling.num_workers < 0:
-        raise ConfigError(f"scaling.num_workers: must be >= 0, got {cfg.scaling.num_workers}")
-    if cfg.storage.checkpoint_every < 1:
-        raise ConfigError(f"storage.checkpoint_every: must be >= 1, got {cfg.storage.checkpoint_every}")
     embeddings = _embedding_set(cfg)
     try:
         manifest = embeddings or Manifest.load(cfg.data.train)
@@ -55,14 +52,20 @@ def preflight(cfg: RunConfig) -> dict:
         raise InputError(f"data.train: the training set at {cfg.data.train} is empty (0 samples)")
     kmeans = cfg.method.name == "wsdhq" or (cfg.method.progressive_init == "kmeans" or (
         cfg.method.progressive_init == "auto" and cfg.method.name == "wsdhq_progressive"))
+    if kmeans:
+        try:
+            require_faiss()
+        except ImportError as e:
+            raise ConfigError(f"method.name={cfg.method.name}: {e}") from None
     if kmeans and manifest.total < cfg.method.K:
         raise InputError(f"method.K={cfg.method.K} but data.train has only {manifest.total} samples: the codebooks "
                          f"start from k-means, which needs at least K samples; use a smaller method.K or more data")
     workers = max(1, cfg.scaling.num_workers)
-    if embeddings is None and len(manifest.shards) < workers:
-        raise InputError(
-            f"scaling.num_workers={workers} but data.train has only {len(manifest.shards)} shard(s): "
-            f"every worker streams its own shards; re-shard with smaller shards or use fewer workers")
+    plan = SlotPlan(len(manifest.shards), workers, cfg.reader.num_workers)  # the reader's own rule
+    try:
+        train_batches(manifest.total, workers, cfg.reader.batch_size, cfg.data.train)
+    except ReaderError as e:
+        raise InputError(f"reader.batch_size={cfg.reader.batch_size}: {e}") from None
     try:
         tags = TagSemantics.load(cfg.data.tags)
     except (OSError, ValueError) as e:
@@ -83,7 +86,8 @@ def preflight(cfg: RunConfig) -> dict:
             raise ConfigError("training.engine=deepspeed but deepspeed is not installed "
                               "(pip install 'wsdhq[deepspeed]')") from None
     return {"train_samples": manifest.total, "train_shards": len(manifest.shards),
-            "tags": len(tags.names), "tag_semantics_hash": tags.hash}
+            "tags": len(tags.names), "tag_semantics_hash": tags.hash,
+            "slot_plan": plan.describe() if plan.by_sample else None}
 
 
 def _embedding_set(cfg: RunConfig):
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wsdhq train: {facts['train_samples']} samples in {facts['train_shards']} shards, "
           f"{facts['tags']} tag units, {max(1, cfg.scaling.num_workers)} worker(s), run "
           f"{resolve_storage(cfg.storage.path)}/{cfg.storage.name}", flush=True)
+    if facts["slot_plan"]:
+        print(f"wsdhq train: {facts['slot_plan']}", flush=True)
     import ray.train
 
     try:

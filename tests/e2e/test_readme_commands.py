@@ -119,9 +119,14 @@ def test_every_readme_pipeline_command_runs_as_written(mirflickr_real, s3_server
     assert [c.split()[2] for c in rest] == ["shards", "trainer.tags", "trainer.train", "eval.encode",
                                             "eval.encode", "eval.evaluate"]
     assert "ok" in run(rest[0], cwd)
-    tag_out = run(rest[1], cwd)
-    dim = json.loads((cwd / "data/mine/tags/semantics.json").read_text())["dim"]
-    assert '"units"' in tag_out or "units" in tag_out
+    tag_out = json.loads(run(rest[1], cwd).strip().splitlines()[-1])
+    from trainer.tags import TagSemantics
+
+    sem = TagSemantics.load(str(cwd / "data/mine/tags"))
+    dim = sem.dim
+    # the summary line the command prints describes the artifact it wrote
+    assert tag_out["out"] == "data/mine/tags" and tag_out["hash"] == sem.hash
+    assert tag_out["units"] == sem.T >= 2 and tag_out["vocab_tags"] >= tag_out["with_vectors"] >= tag_out["units"]
     subs["<tags dim>"] = str(dim)
     run(rest[2], cwd, " training.epochs=1 scaling.num_workers=0 reader.batch_size=8 method.K=16")
     assert (cwd / "runs/mine-32bit/final/quantizer.npz").is_file()

@@ -141,7 +141,7 @@ def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_kill
                                       dead_codewords=policy), ENC, weak_set.V)
         m.codebook_update([before])
         info = m.codebook_update([after])
-        codes = m.quantizer.encode(after, m.icm_weights, generator=torch.Generator().manual_seed(0))
+        codes = m.quantizer.encode(after)
         live[policy] = sum(len(torch.unique(codes[:, j])) for j in range(2))
         assert (info["reseeded"] > 0) == (policy == "reseed"), info
     assert live["reseed"] >= live["restore"] + 20, live
@@ -233,6 +233,37 @@ def test_inference_checkpoint_round_trip_gives_identical_codes(weak_set, tmp_pat
     assert on_disk["code_bits"] == (8 if name == "wsdhq" else 9)  # M*log2(K): 2*4, 3*3
     assert on_disk["quantized"] == ("z" if name == "wsdhq" else "f")
     assert not loaded.encoder.training
+    # the quantizer file alone gives the model's codes: encode(x) for either kind, its metric inside
+    from trainer.quantizers import load_quantizer
+
+    alone = load_quantizer(tmp_path / "ckpt" / "quantizer.npz")
+    assert torch.equal(alone.encode(m.embed(x)), m.encode(x))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["meta.json", "model.pt", "quantizer.npz"]
+
+
+def test_a_checkpoint_written_before_the_quantizer_saved_its_metric_still_gives_its_codes(weak_set, tmp_path):
+    """The earlier layout: the metric V̄ in icm_weights.npy (named by meta.json), not in quantizer.npz."""
+    import io
+
+    import numpy as np
+
+    from trainer.quantizers import AdditiveQuantizer
+
+    m = _trained_wsdhq(weak_set)
+    d = tmp_path / "ckpt"
+    save_inference(str(d), m, {})
+    old = AdditiveQuantizer(16, 2, 16)
+    old.codebooks, old.is_trained = m.quantizer.codebooks.clone(), True
+    buf = io.BytesIO()
+    old.save(buf)
+    (d / "quantizer.npz").write_bytes(buf.getvalue())
+    np.save(d / "icm_weights.npy", m.icm_weights.numpy())
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps(meta | {"icm_weights": "icm_weights.npy"}))
+    loaded = load_inference(str(d))
+    x = weak_set.x[:100]
+    assert torch.equal(loaded.quantizer.weights, m.icm_weights)
+    assert torch.equal(loaded.encode(x), m.encode(x))
 
 
 def test_checkpoint_whose_codebooks_were_never_fitted_is_refused_by_name(weak_set, tmp_path):
@@ -289,8 +320,7 @@ def test_inference_checkpoint_round_trips_through_s3(weak_set, s3_bucket):
     save_inference(url, m, {"epoch": 2})
     loaded = load_inference(url)
     assert torch.equal(loaded.encode(weak_set.x[:100]), m.encode(weak_set.x[:100]))
-    assert loaded.meta["icm_weights"] == "icm_weights.npy"
-    assert torch.equal(loaded.icm_weights, m.icm_weights)
+    assert torch.equal(loaded.quantizer.weights, m.icm_weights)  # the metric travels in quantizer.npz
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from shards.config_checks import at_least, require, within
 from trainer.encoders.backbones import (SmallCNN, external_backbone, load_backbone_weights,
                                         read_state_dict, resnet18, resnet50)
 from trainer.encoders.features import FeatureMLP
@@ -44,8 +45,15 @@ class EncoderConfig:
     num_classes: int = 0  # >0 adds a classification head on the backbone features (DPQ)
 
     def __post_init__(self):
-        if self.trainable < -1:
-            raise ValueError(f"encoder.trainable={self.trainable}: 0 (frozen), k (the last k stages) or -1 (all)")
+        at_least(self, "width", 1)
+        at_least(self, "hidden", 0)  # 0: no hidden layer
+        at_least(self, "num_classes", 0)
+        at_least(self, "trainable", -1)  # 0 frozen, k the last k stages, -1 all
+        within(self, "dropout", 0, 1, high_open=True)
+        require(self.kind != "mlp" or self.in_features >= 1, "in_features",
+                f"must be set (the length of feat.npy) for encoder.kind 'mlp', got {self.in_features}")
+        require(self.kind not in ("torchvision", "timm") or bool(self.name), "name",
+                f"must be set (the model's name) for encoder.kind {self.kind!r}")
 
 
 class Encoder(nn.Module):

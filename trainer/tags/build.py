@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from shards.config_checks import at_least
 from trainer.config import to_dict
 from trainer.tags.artifact import TagSemantics
 from trainer.tags.counting import (CooccurrencePartial, FrequencyPartial, TagCounts, choose_vocab,
@@ -36,6 +37,10 @@ class VocabConfig:
     min_count: int = 2            # images a tag must appear on (this project's choice)
     max_vocab: int | None = 50000  # most frequent tags kept; bounds DBSCAN's O(V^2) distances
 
+    def __post_init__(self):
+        at_least(self, "min_count", 1)
+        at_least(self, "max_vocab", 1, optional=True)
+
 
 @dataclass
 class TagConfig:
@@ -47,6 +52,10 @@ class TagConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     num_tasks: int = 2            # Ray tasks for the shard passes; 0 = in this process, no Ray
     label_sample: int = 50000     # images (bottom-k by key hash) kept for the label-agreement figure
+
+    def __post_init__(self):
+        at_least(self, "num_tasks", 0)
+        at_least(self, "label_sample", 0)
 
     def semantic(self) -> dict:
         """The part of the configuration that determines the artifact (hashed)."""
