@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.embeddings import EmbeddingSet, local_array, open_embedding_set, read_table
-from shards.reader import ReaderConfig, ReaderError, train_batches
+from shards.reader import ReaderConfig, ReaderError, train_batches, worker_shares
 
 log = logging.getLogger(__name__)
 

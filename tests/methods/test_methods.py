@@ -99,11 +99,13 @@ def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedu
     M, K, D = 2, 16, 16
     assert calls == [torch.Size([(M * K) ** 2 + M * K * D + 1])] * iters  # one all-reduce per ICM+LS round
     live, err = info.pop("live_codewords"), info.pop("quantization_error")
-    assert info == {"codebook_updates": 1, "samples": 1200, "dead_codewords": 0, "reseeded": 0}
+    assert info == {"codebook_updates": 1, "samples": 1200, "dead_codewords": 0, "reseeded": 0,
+                    "codebook_start": "kmeans"}  # the first update starts from k-means whatever the setting
     # the health figures are those of the gathered sample coded afresh with the final codebooks
     t = torch.nn.functional.normalize(torch.cat(feats), dim=1)
     m.codebook_updates -= 1  # the generator of the update just made (a function of seed and update)
-    codes = m.quantizer.encode(t, m.icm_weights, generator=m.update_generator(iters))
+    with m.quantizer.block_orders_from(m.update_generator(iters)):
+        codes = m.quantizer.encode(t)
     assert live == [len(torch.unique(codes[:, j])) for j in range(M)]
     assert math.isclose(err, float(((t - m.quantizer.decode(codes)) ** 2).sum(1).mean()), rel_tol=1e-5)
 
@@ -138,7 +140,7 @@ def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_kill
     live = {}
     for policy in ("restore", "reseed"):
         m = build_method(MethodConfig(name="wsdhq", embed_dim=16, M=2, K=64, codebook_iters=3,
-                                      dead_codewords=policy), ENC, weak_set.V)
+                                      dead_codewords=policy, codebook_start="warm"), ENC, weak_set.V)
         m.codebook_update([before])
         info = m.codebook_update([after])
         codes = m.quantizer.encode(after)
