@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
-from eval.decoding import Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
+from eval.decoding import SHORT, Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
 from shards import storage
-from shards.manifest import Manifest, sha256_of
+from shards.manifest import Manifest, check_shards, sha256_of
 from trainer import config as tconfig
 
 JOB_FILE = "encode_job.json"  # written first: pins the checkpoint a (resumed) job writes for
@@ -66,6 +66,10 @@ class EncodeConfig:
     # A job with fewer samples left than this reads in a thread: a decoder's start-up (a fresh
     # interpreter importing torch, ~2-4 s) costs more than it saves on a job of seconds.
     decoder_min_samples: int = 20_000
+    # A shard that holds fewer samples than its manifest count (truncated, unreadable, ended early)
+    # gets no code file and the code set is not published, unless partial output is asked for.
+    partial: bool = False
+    verify_sha256: bool = False  # before encoding, compare every shard's sha256 (byte sizes always)
 
 
 class EncodeError(ValueError):
@@ -141,8 +145,8 @@ class ShardEncoder:
             self.close()  # one died since the last call (or never started): start them all afresh
             self.decoders = Decoders(self.spec, self.cfg.decoders, self.cfg.decode_nice)
 
-    def _batches(self, todo: list[tuple[str, int, str]]) -> Iterator[Batch]:
-        tasks = [(i, url, offset) for i, (url, offset, _) in enumerate(todo)]
+    def _batches(self, todo: list[tuple]) -> Iterator[Batch]:
+        tasks = [(i, t[0], t[1]) + tuple(t[3:4]) for i, t in enumerate(todo)]
         if not self.cfg.decoders:
             return prefetch(read_batches(tasks, self.spec), depth=2)
         self._start_decoders()
@@ -179,16 +183,21 @@ class ShardEncoder:
             for i in b.ended:
                 yield self._write(todo[i], rows.pop(i, ShardRows()), b.skipped.get(i, {}))
 
-    def _write(self, task: tuple[str, int, str], r: ShardRows, skips: dict) -> dict:
-        url, _, out_url = task
+    def _write(self, task: tuple, r: ShardRows, skips: dict) -> dict:
+        url, out_url = task[0], task[2]
+        skips = dict(skips)
+        short = skips.pop(SHORT, None)
+        if short and not self.cfg.partial:  # no code file: a re-run (or --partial) redoes this shard
+            return {"url": None, "shard": url, "rows": 0, "sha256": None, "skipped": skips, "short": short}
         m, d = self.model.quantizer.M, self.model.quantizer.D
         data = pack_code_file(r.keys, np.asarray(r.index, np.int64),
                               np.concatenate(r.codes) if r.codes else np.zeros((0, m), np.uint8), r.labels,
                               (np.concatenate(r.feats) if r.feats else np.zeros((0, d), np.float32))
                               if self.cfg.features else None)
         storage.write_bytes(out_url, data)
-        return {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": url, "rows": len(r.keys),
-                "sha256": hashlib.sha256(data).hexdigest(), "skipped": dict(skips)}
+        entry = {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": url, "rows": len(r.keys),
+                 "sha256": hashlib.sha256(data).hexdigest(), "skipped": skips}
+        return entry | ({"short": short} if short else {})
 
     def encode_group(self, todo: list[tuple[str, int, str]]) -> list[dict]:
         """A few shards, one per decoder (the Ray actor call)."""
@@ -276,13 +285,22 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     checkpoint, shards, out = str(checkpoint), str(shards), str(out)
     check_config(cfg)
     source = Manifest.load(shards)
+    check_shards(source, checksums=cfg.verify_sha256)  # a missing or changed shard: refused before any work
     ident = checkpoint_identity(checkpoint)
     meta = ident["meta"]
+    if not local:  # an unusable model.pt is one line here, not a traceback from every Ray actor
+        from trainer.checkpoint_io import load_inference
+
+        load_inference(checkpoint, "cpu")
     job = {"checkpoint": checkpoint, "checkpoint_sha256": ident["sha256"],
-           "tag_semantics_hash": meta.get("tag_semantics_hash"), "shards": source.url, "features": cfg.features}
+           "tag_semantics_hash": meta.get("tag_semantics_hash"), "shards": source.url, "features": cfg.features,
+           "partial": cfg.partial}
     job_url = storage.join(out, JOB_FILE)
     if storage.exists(job_url):
         prev = json.loads(storage.read_bytes(job_url).decode("utf-8"))
+        if prev.get("partial") and not cfg.partial:
+            raise EncodeError(f"{out} holds codes of a --partial run (shards that fell short are in it): "
+                              "re-run with --partial or use a fresh --out")
         for key in ("checkpoint_sha256", "tag_semantics_hash", "shards", "features"):
             if prev.get(key) != job[key]:
                 raise EncodeError(
@@ -302,18 +320,18 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     urls = source.shard_urls()
     entries: dict[str, dict] = {}
     todo = []
-    for url, offset in zip(urls, source.offsets()):
+    for url, offset, entry in zip(urls, source.offsets(), source.shards):
         target = storage.join(out, code_file_name(url))
         done = existing_entry(target, url, q.M, cfg.features)
         if done is not None:
             entries[url] = done
         else:
-            todo.append((url, offset, target))
+            todo.append((url, offset, target, entry.count))
     log(f"{len(urls)} shards in {source.url}: {len(entries)} already encoded, {len(todo)} to do")
     if cfg.max_shards:
         todo = todo[: cfg.max_shards]
     count_of = dict(zip(urls, (e.count for e in source.shards)))
-    left = sum(count_of[url] for url, _, _ in todo)
+    left = sum(count_of[t[0]] for t in todo)
     if cfg.decoders and 0 < left < cfg.decoder_min_samples:
         cfg = dataclasses.replace(cfg, decoders=0)
         log(f"{left:,} samples to encode (< decoder_min_samples={cfg.decoder_min_samples:,}): reading in a thread")
@@ -330,6 +348,11 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
         else:
             for entry in _run_ray(checkpoint, todo, cfg, progress):
                 entries[entry["shard"]] = entry
+    short = [e["short"] for e in entries.values() if e.get("short")]
+    if short and not cfg.partial:
+        raise EncodeError(f"refusing to publish the code set: {len(short)} shard(s) fell short of their manifest "
+                          f"count: {'; '.join(short[:3])}{' ...' if len(short) > 3 else ''}; the other shards' code "
+                          "files are kept (a re-run resumes); pass --partial to publish without the lost samples")
     if len(entries) < len(urls):
         log(f"stopped after {len(todo)} new shard(s) (max_shards); {len(urls) - len(entries)} remain: re-run to resume")
         return None
@@ -342,6 +365,7 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
             "tag_semantics_hash": meta.get("tag_semantics_hash"), "has_features": cfg.features,
             "source": {"url": source.url, "split": source.split, "total": source.total, "source": source.source},
             "label_names": source.label_names, "skipped_this_run": dict(skipped), "created_by": "wsdhq eval.encode",
+            "partial": bool(short), "short_shards": short,
             "config": tconfig.to_dict(cfg)}
     m = write_manifest(out, info, files)
     log(f"wrote {m['total']:,} codes ({info['bits']} bits) in {len(files)} files + {MANIFEST} to {out}")
@@ -355,13 +379,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="code set output (dir or s3:// prefix)")
     p.add_argument("--config", help="YAML with EncodeConfig fields")
     p.add_argument("--local", action="store_true", help="encode in this process, without Ray")
+    p.add_argument("--partial", action="store_true",
+                   help="publish the code set even when shards hold fewer samples than their manifest (recorded)")
+    p.add_argument("--verify-sha256", action="store_true", help="compare every shard's sha256 before encoding")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=512 features=false")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = tconfig.load(EncodeConfig, a.config, a.overrides)
+        cfg = dataclasses.replace(cfg, partial=cfg.partial or a.partial,
+                                  verify_sha256=cfg.verify_sha256 or a.verify_sha256)
         run(a.checkpoint, a.shards, a.out, cfg, local=a.local, log=lambda s: print(s, flush=True))
-    except (tconfig.ConfigError, EncodeError, CodeSetError, FileNotFoundError, ValueError) as exn:
+    except (tconfig.ConfigError, EncodeError, CodeSetError, ValueError, OSError) as exn:
+        # every user error names its file: a missing/changed shard, an unusable checkpoint, storage
         print(f"encode: error: {exn}", file=sys.stderr)
         return 2
     return 0

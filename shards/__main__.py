@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "summary":
             from shards.summary import summarize
 
-            print(summarize(args.root))
-            return 0
+            text, whole = summarize(args.root)
+            print(text)
+            return 0 if whole else 1
         if args.cmd == "verify":
             return _verify(args.sets, checksums=not args.sizes_only)
         sharding = _sharding(args)
