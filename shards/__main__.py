@@ -51,11 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="the .jsonl / .csv file (image paths relative to it unless absolute)")
     p.add_argument("--tag-sep", default=generic.DEFAULT_SEP, help="separator of tags/labels in CSV cells")
     p.add_argument("--source", default=None, help="source name recorded in the manifests")
+    p.add_argument("--label-field", default="labels", help="field/column holding the labels (e.g. categories)")
     _sharding_args(p, ShardingConfig())
 
     p = sub.add_parser("from-folder", help="a folder of images with sidecar tag files (<image stem>.tags.txt)")
     p.add_argument("folder")
     p.add_argument("--source", default=None)
+    p.add_argument("--label-field", default=None,
+                   help="labels from this field of a <image stem>.json sidecar (default: <stem>.labels.txt)")
     _sharding_args(p, ShardingConfig())
 
     p = sub.add_parser("mirflickr", help="MIRFLICKR-25K original layout (im{n}.jpg, meta/tags, annotations)")
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("laion", help="img2dataset / LAION-style shards (jpg + txt caption + json)")
     p.add_argument("inputs", nargs="+", help="input .tar shards (local or s3://)")
     p.add_argument("--tag-field", default=laion.LaionConfig.tag_field, help="json field holding tags")
+    p.add_argument("--label-field", default=None, help="json field holding labels, e.g. categories")
     p.add_argument("--min-word-length", type=int, default=laion.LaionConfig.min_word_length)
     p.add_argument("--max-caption-tags", type=int, default=laion.LaionConfig.max_tags)
     p.add_argument("--stopwords", default=None, help="file with one stopword a line (default: built-in list)")
@@ -148,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             w = demo.convert_demo(args.out, demo.DemoConfig(seed=args.seed, features=args.features), sharding,
                                   args.overwrite)
         elif args.cmd == "from-manifest":
-            w = generic.convert_list(args.manifest, args.out, sharding, args.tag_sep, args.source, args.overwrite)
+            w = generic.convert_list(args.manifest, args.out, sharding, args.tag_sep, args.source, args.overwrite,
+                                     args.label_field)
         elif args.cmd == "from-folder":
-            w = generic.convert_folder(args.folder, args.out, sharding, args.source, args.overwrite)
+            w = generic.convert_folder(args.folder, args.out, sharding, args.source, args.overwrite, args.label_field)
         elif args.cmd == "mirflickr":
             w = mirflickr.convert_original(args.root, args.out, sharding, args.tags, args.overwrite)
         elif args.cmd == "mirflickr-matrix":
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "nuswide":
             w = nuswide.convert_nuswide(args.root, args.out, sharding, args.images, args.overwrite)
         else:
-            cfg = laion.LaionConfig(tag_field=args.tag_field, min_word_length=args.min_word_length,
+            cfg = laion.LaionConfig(tag_field=args.tag_field, label_field=args.label_field,
+                                    min_word_length=args.min_word_length,
                                     max_tags=args.max_caption_tags, stopwords_file=args.stopwords)
             w = laion.convert_laion(args.inputs, args.out, sharding, cfg, args.overwrite)
     except (FileNotFoundError, FileExistsError, ManifestError, ValueError, OSError) as exn:

@@ -155,12 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except ray.train.TrainingFailedError as e:  # out of retries: the workers' error, once
         print(f"wsdhq train: training failed: {e}", file=sys.stderr)
         return 1
-    with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / "metrics.json").read_text())
-    last = history[-1]
     from shards import storage
 
     final = storage.join(resolve_storage(cfg.storage.path), cfg.storage.name, "final")
+    history = json.loads(storage.read_bytes(storage.join(final, "metrics.json")))  # local mode reports none
+    last = history[-1]
     print(f"wsdhq train: done, {len(history)} epochs, final loss {last['loss']:.4g}; "
           f"inference checkpoint and training_curves.png in {final}")
     return 0
