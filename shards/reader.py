@@ -169,22 +169,29 @@ def raw_samples(url: str, skips: Counter, fields: set[str] | None = None, expect
     tally, handler = _Tally(None if fields is None else set(fields)), _Recorder(url)
     files = tar_file_expander(url_opener([{"url": url}], handler=handler), handler=handler,
                               select_files=tally.select)
+    produced: set[int] = set()
     for raw in group_by_keys(files, handler=handler):
         pos = tally.first.get(raw["__key__"], tally.groups - 1)
+        produced.add(pos)
         if keep(pos):
             yield pos, raw
     res.seen = tally.groups
+    dups = set(tally.dups)
+    unyielded = [p for p in range(tally.groups) if p not in produced and p not in dups]
     missing = "missing_tags" if fields is None or "tags.json" in fields else "missing_fields"
-    skips["duplicate_key"] += sum(keep(p) for p in tally.dups)
-    skips[missing] += sum(keep(p) for p, took in enumerate(tally.taken) if not took and p not in tally.dups)
+    skips["duplicate_key"] += sum(keep(p) for p in dups)
+    skips[missing] += sum(keep(p) for p in unyielded if not tally.taken[p])
     reason, message, res.unavailable = handler.outcome()
-    if expected is not None and tally.groups < expected:
+    # samples the tar promised but never delivered: cut off by an error, or past an early end
+    broken = [p for p in unyielded if tally.taken[p]]
+    beyond = range(tally.groups, expected) if expected is not None else range(0)
+    if broken or beyond:
         res.reason = reason or "short_shard"
-        res.lost = sum(keep(p) for p in range(tally.groups, expected))
+        res.lost = sum(keep(p) for p in broken) + sum(keep(p) for p in beyond)
         res.error = message or f"the tar ended after {tally.groups} of {expected} samples"
         skips[res.reason] += res.lost
-        log.warning("%s: %d of %d samples missing (%s): %s", url, expected - tally.groups, expected,
-                    res.reason, res.error)
+        log.warning("%s: %d of %s samples missing (%s): %s", url, len(broken) + len(beyond),
+                    expected if expected is not None else "?", res.reason, res.error)
     elif reason is not None:
         res.reason, res.error = reason, message
         if expected is None:
@@ -282,7 +289,7 @@ class _SlotStream(IterableDataset):
         Every shard read is accounted against its manifest count (``raw_samples``); a storage outage
         that outlasts the retry budget on consecutive shards stops the pass naming the endpoint."""
         keep = (lambda pos, off: (off + pos) % self.slots == slot) if self.by_sample else None
-        outage_since = None
+        outage_since, outage_reads = None, 0
         for shard in shards:
             url, offset = self.urls[shard], self.offsets[shard]
             got = False
@@ -302,13 +309,15 @@ class _SlotStream(IterableDataset):
                 s["index"] = index
                 got = True
                 yield s
-            if res.unavailable:
+            if res.unavailable:  # every shard in a row, or for longer than the retry budget: an outage
                 outage_since = outage_since or time.monotonic()
-                if time.monotonic() - outage_since >= storage.S3_RETRY_BUDGET_S:
-                    raise ReaderError(f"storage outage: {res.error}; still failing on consecutive shards "
-                                      f"after {time.monotonic() - outage_since:.0f} s (slot {slot}, rank {self.rank})")
+                outage_reads += 1
+                waited = time.monotonic() - outage_since
+                if outage_reads >= len(self.urls) or (outage_reads > 1 and waited >= storage.S3_RETRY_BUDGET_S):
+                    raise ReaderError(f"storage outage: {res.error}; {outage_reads} shard reads in a row failed "
+                                      f"over {waited:.0f} s (slot {slot}, rank {self.rank})")
             else:
-                outage_since = None
+                outage_since, outage_reads = None, 0
             dry[0] = 0 if got else dry[0] + 1
             if self.train and dry[0] > 2 * len(self.urls) + 8:
                 why = f"; last shard error: {res.error}" if res.error else ""

@@ -33,7 +33,7 @@ def resolve_storage(path: str) -> str:
 def preflight(cfg: RunConfig) -> dict:
     """Check what the workers will read, on the driver; returns facts the summary prints."""
     from shards import storage
-    from shards.manifest import Manifest
+    from shards.manifest import Manifest, check_shards
     from trainer.tags import TagSemantics
 
     if not cfg.data.train:
@@ -52,6 +52,10 @@ def preflight(cfg: RunConfig) -> dict:
         raise InputError(f"data.train: cannot read the training manifest at {cfg.data.train}: {e}") from None
     if manifest.total == 0:
         raise InputError(f"data.train: the training set at {cfg.data.train} is empty (0 samples)")
+    try:  # a missing or changed shard: one line here, not a traceback from every worker
+        check_shards(manifest)
+    except (OSError, ValueError) as e:
+        raise InputError(f"data.train: {e}") from None
     kmeans = cfg.method.name == "wsdhq" or (cfg.method.progressive_init == "kmeans" or (
         cfg.method.progressive_init == "auto" and cfg.method.name == "wsdhq_progressive"))
     if kmeans and manifest.total < cfg.method.K:
