@@ -140,6 +140,8 @@ def test_damaged_shard_every_stage_accounts_for_every_sample(world, tmp_path, ca
     capsys.readouterr()
     assert shards_cli.main(["summary", str(s)]) == 1
     assert f"SHORT {d['url']}: " in capsys.readouterr().out
+    assert shards_cli.main(["verify", str(s)]) == 1  # sha256 refreshed or not: the count falls short
+    assert re.search(f"FAIL {d['url']}: ", capsys.readouterr().err)
 
     # codebook-update pass (eval mode): every sample once, accounted
     loader = make_loader(m, ReaderConfig(batch_size=5, num_workers=0, features_only=True), train=False)
