@@ -371,19 +371,12 @@ def test_a_malicious_checkpoint_is_refused_in_one_line_and_never_unpickled(world
 @pytest.fixture
 def own_s3(s3_server, monkeypatch):
     """A second moto server this test may stop; the storage client is pointed at it (and back after)."""
-    import socket
-
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from shards import storage
+    from tests.conftest import start_moto
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    server, endpoint = start_moto()
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setattr(storage, "_clients", {})
     monkeypatch.setattr(storage, "S3_RETRY_BUDGET_S", 1.0)
