@@ -151,7 +151,8 @@ def check_shards(manifest: Manifest, checksums: bool = False) -> None:
     sizes by default (one stat/HEAD per shard); ``checksums`` also compares every sha256."""
     problems = verify(manifest, checksums=checksums)
     if problems:
-        more = f" (and {len(problems) - 1} more; python -m shards verify {manifest.base_url})" if len(problems) > 1 else ""
+        more = (f" (and {len(problems) - 1} more; python -m shards verify {manifest.base_url})"
+                if len(problems) > 1 else "")
         cls = FileNotFoundError if problems[0].endswith("does not exist") else ManifestError
         raise cls(problems[0] + more)
 

@@ -17,7 +17,6 @@ import json
 import random
 import re
 import tarfile
-from collections import Counter
 from pathlib import Path
 
 import pytest
