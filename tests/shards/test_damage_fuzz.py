@@ -17,6 +17,7 @@ import json
 import random
 import re
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,15 @@ def test_damaged_shard_every_stage_accounts_for_every_sample(world, tmp_path, ca
     assert_accounted(read, dict(loader.skips), d, {"tags.json", "feat.npy"})
 
     per_read = loader.skips[d["reason"]]
+    # the same pass over 5 ranks (more slots than shards: every slot reads every shard, keeps its
+    # share by index): the shares' counts add up to the same accounting
+    read, skips = 0, Counter()
+    for rank in range(5):
+        loader = make_loader(m, ReaderConfig(batch_size=5, num_workers=0, features_only=True), rank=rank,
+                             world_size=5, train=False)
+        read += sum(len(b["key"]) for b in loader)
+        skips += loader.skips
+    assert_accounted(read, dict(skips), d, {"tags.json", "feat.npy"})
 
     # training pass: exactly len(loader) batches; every read of the damaged shard counts its loss
     loader = make_loader(m, ReaderConfig(batch_size=8, num_workers=0, features_only=True, shuffle_buffer=0),

@@ -59,3 +59,30 @@ def test_sigkilled_local_run_resumes_by_name_from_storage_and_leaves_no_temp_dir
     assert sorted(p.name for p in run_dir.glob("checkpoint_local_e*")) == [f"checkpoint_local_e{EPOCHS - 1:06d}",
                                                                           f"checkpoint_local_e{EPOCHS:06d}"]
     assert not list(tmp.glob("wsdhq-*"))
+
+
+@pytest.mark.s3
+def test_local_mode_checkpoints_persist_to_s3_keep_the_newest_and_load_back(s3_bucket, tmp_path):
+    """The S3 side of local mode's checkpoints: written through a temp dir that is removed, the
+    ``keep`` newest complete copies kept, an incomplete (killed) copy never taken."""
+    import torch
+
+    from shards import storage
+    from trainer import checkpointing
+    from trainer.checkpointing import TrainState
+
+    run_url = f"s3://{s3_bucket}/runs/r"
+    for epoch in (1, 2, 3):
+        d = checkpointing.local_checkpoint_dir(run_url, epoch)
+        checkpointing.save(d, state=TrainState(epoch=epoch, step=10 * epoch, metrics=[{"epoch": e} for e in
+                                                                                          range(epoch)]),
+                           method_state={"w": torch.full((2,), float(epoch))}, optimizer={}, scheduler=None,
+                           config={}, tag_semantics_hash="h")
+        checkpointing.persist(d, run_url, epoch, keep=2)
+        assert not d.exists()
+    storage.write_bytes(f"{run_url}/checkpoint_local_e000004/train_state.pt", b"half-written")  # no marker
+    assert checkpointing.latest_persisted(run_url) == f"{run_url}/checkpoint_local_e000003"
+    loaded = checkpointing.load_persisted(checkpointing.latest_persisted(run_url))
+    assert loaded.state.epoch == 3 and loaded.state.step == 30 and loaded.method_state["w"].tolist() == [3.0, 3.0]
+    names = {f.split("/")[-2] for f in storage.list_files(run_url)}
+    assert names == {"checkpoint_local_e000002", "checkpoint_local_e000003", "checkpoint_local_e000004"}
