@@ -102,10 +102,17 @@ class _Tally:
         self.taken: list[bool] = []  # per sample: did any member pass ``fields``
 
     def select(self, fname: str) -> bool:
-        prefix, suffix = base_plus_ext(fname)
-        if prefix is None:  # group_by_keys ignores a name without an extension too
-            return False
-        suffix = suffix.lower()
+        # webdataset's base_plus_ext without its regex (this runs once per tar member): the key is
+        # the name up to the first dot after the last slash
+        start = fname.rfind("/") + 1
+        dot = fname.find(".", start)
+        if dot > start:
+            prefix, suffix = fname[:dot], fname[dot + 1:].lower()
+        else:  # no extension, or a dot-file: the regex decides, as in group_by_keys
+            prefix, suffix = base_plus_ext(fname)
+            if prefix is None:
+                return False
+            suffix = suffix.lower()
         if prefix != self.key or suffix in self.suffixes:  # a new sample (or the same key again)
             self.key, self.suffixes = prefix, set()
             self.taken.append(False)
