@@ -69,9 +69,6 @@ class ReaderError(RuntimeError):
     """The shard set cannot be read as asked; the message names the set and the numbers."""
 
 
-SHARD_LOSS = ("unreadable_shard", "truncated_tar", "short_shard")  # skip reasons of samples a shard lost
-
-
 @dataclass
 class ShardRead:
     """What reading one shard gave, beside the samples: how many samples its members held (``seen``),

@@ -438,3 +438,30 @@ def test_s3_outage_is_named_with_the_endpoint_refused_by_eval_passes_and_bounded
     assert encode_cli.main(["--checkpoint", str(world / "ckpt"), "--shards", "s3://fuzz-bucket/set", "--out",
                             str(tmp_path / "c"), "--local"]) == 2
     assert re.search(name, one_line(capsys.readouterr().err))
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("budget", [1.0, 3.0])
+def test_s3_retries_stop_at_the_time_budget_and_name_the_endpoint(monkeypatch, budget):
+    """An endpoint nobody listens on: botocore's standard retries (8 attempts, backoff up to 20 s
+    each, ~70 s of sleeping) are cut off by the budget hook."""
+    import socket
+    import time
+
+    from shards import storage
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: connection refused
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(k, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(storage, "_clients", {})
+    monkeypatch.setattr(storage, "S3_RETRY_BUDGET_S", budget)
+    t0 = time.monotonic()
+    with pytest.raises(storage.StorageUnavailable,
+                       match=rf"s3://bkt/k: S3 endpoint http://127\.0\.0\.1:{port} unavailable \(EndpointConnection"):
+        storage.size("s3://bkt/k")
+    # the cut comes at the first retry decision past the budget: at most one backoff (random, <= 2^n s) later
+    assert budget <= time.monotonic() - t0 < budget + 10
