@@ -294,8 +294,9 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
         load_inference(checkpoint, "cpu")
     job = {"checkpoint": checkpoint, "checkpoint_sha256": ident["sha256"],
            "tag_semantics_hash": meta.get("tag_semantics_hash"), "shards": source.url, "features": cfg.features,
-           "partial": cfg.partial}
+           "partial": False}  # set once a short shard's code file is written (--partial)
     job_url = storage.join(out, JOB_FILE)
+    prev: dict = {}
     if storage.exists(job_url):
         prev = json.loads(storage.read_bytes(job_url).decode("utf-8"))
         if prev.get("partial") and not cfg.partial:
@@ -309,6 +310,13 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
                     f"{str(job['tag_semantics_hash'])[:12]}): use a fresh --out")
     else:
         storage.write_bytes(job_url, (json.dumps(job, indent=1) + "\n").encode())
+
+    def record(entry: dict) -> None:
+        entries[entry["shard"]] = entry
+        if entry.get("short") and entry["url"] and not prev.get("partial"):  # a short shard's file exists
+            prev["partial"] = True
+            storage.write_bytes(job_url, (json.dumps(job | {"partial": True}, indent=1) + "\n").encode())
+
     for name in ("quantizer.npz", "meta.json"):
         storage.write_bytes(storage.join(out, name), storage.read_bytes(storage.join(checkpoint, name)))
     from trainer.quantizers import load_quantizer
@@ -341,13 +349,13 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
         if enc is not None:
             try:
                 for entry in enc.encode_shards(todo):
-                    entries[entry["shard"]] = entry
+                    record(entry)
                     progress.step(entry["rows"])
             finally:
                 enc.close()
         else:
             for entry in _run_ray(checkpoint, todo, cfg, progress):
-                entries[entry["shard"]] = entry
+                record(entry)
     short = [e["short"] for e in entries.values() if e.get("short")]
     if short and not cfg.partial:
         raise EncodeError(f"refusing to publish the code set: {len(short)} shard(s) fell short of their manifest "

@@ -190,6 +190,8 @@ def test_damaged_shard_every_stage_accounts_for_every_sample(world, tmp_path, ca
     assert_accounted(cm["total"], skipped, d, {"tags.json", "feat.npy"})
     assert cm["partial"] is True and len(cm["short_shards"]) == 1
     capsys.readouterr()
+    assert encode_cli.main(args) == 2  # a later run without --partial does not pass the partial set off as whole
+    assert "holds codes of a --partial run" in one_line(capsys.readouterr().err)
 
     # evaluate: a damaged train shard set blinds the disjointness check -> refused; a partial code
     # set is refused too; --partial accepts both and says so in the report
