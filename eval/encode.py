@@ -76,6 +76,20 @@ class EncodeError(ValueError):
     """The job cannot run as asked; the message names the culprit."""
 
 
+def read_quantizer(checkpoint: str):
+    """The checkpoint's quantizer; an unreadable ``quantizer.npz`` is one error naming it."""
+    from trainer.quantizers import load_quantizer
+
+    try:
+        return load_quantizer(io.BytesIO(storage.read_bytes(storage.join(checkpoint, "quantizer.npz"))))
+    except FileNotFoundError:
+        raise EncodeError(f"checkpoint {checkpoint}: missing quantizer.npz") from None
+    except Exception as exn:  # noqa: BLE001 - np.load raises ValueError, OSError, BadZipFile, KeyError
+        msg = str(exn).split(": ", 1)[-1] if "BytesIO" in str(exn) else str(exn)
+        raise EncodeError(f"checkpoint {checkpoint}: quantizer.npz unreadable ({type(exn).__name__}: "
+                          f"{msg[:160]})") from None
+
+
 def check_config(cfg: EncodeConfig) -> None:
     if cfg.decoders < 0:
         raise EncodeError(f"decoders={cfg.decoders}: the number of decoder processes is 0 (a thread) or more")
@@ -88,6 +102,8 @@ def checkpoint_identity(checkpoint: str) -> dict:
         meta = json.loads(storage.read_bytes(meta_url).decode("utf-8"))
     except FileNotFoundError:
         raise EncodeError(f"checkpoint {checkpoint}: no meta.json (not an inference checkpoint)") from None
+    except (UnicodeDecodeError, ValueError) as exn:
+        raise EncodeError(f"checkpoint {checkpoint}: meta.json is not UTF-8 JSON ({exn})") from None
     hashes = {}
     for name in ("model.pt", "quantizer.npz") + ((meta["icm_weights"],) if meta.get("icm_weights") else ()):
         try:
@@ -288,6 +304,7 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     check_shards(source, checksums=cfg.verify_sha256)  # a missing or changed shard: refused before any work
     ident = checkpoint_identity(checkpoint)
     meta = ident["meta"]
+    q = read_quantizer(checkpoint)
     if not local:  # an unusable model.pt is one line here, not a traceback from every Ray actor
         from trainer.checkpoint_io import load_inference
 
@@ -319,9 +336,6 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
 
     for name in ("quantizer.npz", "meta.json"):
         storage.write_bytes(storage.join(out, name), storage.read_bytes(storage.join(checkpoint, name)))
-    from trainer.quantizers import load_quantizer
-
-    q = load_quantizer(io.BytesIO(storage.read_bytes(storage.join(checkpoint, "quantizer.npz"))))
     stale = _remove_stale_temps(out)
     if stale:
         log(f"removed {stale} temp file(s) a killed run left in {out}")

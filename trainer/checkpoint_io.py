@@ -124,7 +124,12 @@ def load_inference(dir_url: str, device: str | torch.device = "cpu") -> Inferenc
     except (RuntimeError, ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"checkpoint {dir_url}: model.pt does not fit the encoder in meta.json ({e})") from None
     encoder.to(device).eval()
-    quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    try:
+        quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - np.load raises ValueError, OSError, BadZipFile, KeyError
+        raise ValueError(f"checkpoint {dir_url}: quantizer.npz unreadable ({type(e).__name__})") from None
     if not getattr(quantizer, "is_trained", True):
         raise ValueError(f"checkpoint {dir_url}: its codebooks were never fitted (a run saved before its "
                          "first codebook update); retrain it with this version, which always ends with one")

@@ -467,3 +467,25 @@ def test_s3_retries_stop_at_the_time_budget_and_name_the_endpoint(monkeypatch, b
         storage.size("s3://bkt/k")
     # the cut comes at the first retry decision past the budget: at most one backoff (random, <= 2^n s) later
     assert budget <= time.monotonic() - t0 < budget + 10
+
+
+@pytest.mark.parametrize("name,data,says", [
+    ("quantizer.npz", b"PK\x03\x04 not a zip", "quantizer.npz unreadable (BadZipFile"),
+    ("quantizer.npz", None, "missing quantizer.npz"),
+    ("meta.json", b"{nope", "meta.json is not UTF-8 JSON"),
+    ("model.pt", b"", "model.pt is not a weights-only torch state dict"),
+    ("model.pt", b"PK\x03\x04 truncated", "model.pt is not a weights-only torch state dict"),
+])
+def test_a_damaged_checkpoint_file_is_one_line_exit_2_naming_it(world, tmp_path, capsys, name, data, says):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(world / "ckpt", ckpt)
+    if data is None:
+        (ckpt / name).unlink()
+    else:
+        (ckpt / name).write_bytes(data)
+    capsys.readouterr()
+    assert encode_cli.main(["--checkpoint", str(ckpt), "--shards", str(world / "q"), "--out", str(tmp_path / "c"),
+                            "--local"]) == 2
+    assert f"checkpoint {ckpt}: {says}" in one_line(capsys.readouterr().err)
