@@ -15,8 +15,11 @@ and how many batches it yields, computed from the manifest counts so no rank eve
   ``% slots == slot`` (correct for both modes; costs ``slots`` times the reads, fine for small sets,
   so the loader logs it). Convert with a smaller ``--max-count`` to avoid it.
 
-Bad samples are skipped and counted by reason in ``loader.skips`` (logged at the end of each pass);
-a missing shard or a shard whose byte size disagrees with the manifest is refused before streaming.
+Bad samples are skipped and counted by reason in ``loader.skips`` (logged at the end of each pass),
+per sample and against the manifest: every shard read gives samples read + skipped = its manifest
+count, a shard that delivers fewer counting the rest as ``truncated_tar`` / ``unreadable_shard`` /
+``short_shard`` (``raw_samples``); a missing shard or a shard whose byte size disagrees with the
+manifest is refused before streaming.
 """
 from __future__ import annotations
 
