@@ -77,20 +77,26 @@ class Batch:
         return self
 
 
-def read_batches(todo: list[tuple[int, str, int]], spec: ReadSpec) -> Iterator[Batch]:
-    """Full batches over the shards ``(position, url, manifest offset)`` in order, read across
-    shard boundaries. Images leave as uint8 pixels (``eval_pixels``: Pillow and numpy only, no
-    torch op, so a reading thread never starts an OpenMP team of its own)."""
+SHORT = "__short__"  # key in a shard's skip dict: why it held fewer samples than its manifest count
+
+
+def read_batches(todo: list[tuple], spec: ReadSpec) -> Iterator[Batch]:
+    """Full batches over the shards ``(position, url, manifest offset[, manifest count])`` in order,
+    read across shard boundaries. With the count, a shard that falls short has its lost samples in
+    its skip counts and the reason under ``SHORT``. Images leave as uint8 pixels (``eval_pixels``:
+    Pillow and numpy only, no torch op, so a reading thread never starts an OpenMP team of its own)."""
     from shards.images import decode_rgb
-    from shards.reader import raw_samples
+    from shards.reader import ShardRead, check_complete, raw_samples
     from shards.schema import decode_fields
     from shards.transforms import eval_pixels
 
     b = Batch()
     fields = {"feat.npy", "labels.json", "tags.json"} if spec.features_only else None  # skip image bytes
-    for i, url, offset in todo:
+    for task in todo:
+        i, url, offset = task[:3]
         skips: Counter = Counter()
-        for pos, raw in raw_samples(url, skips, fields):
+        res = ShardRead(url)
+        for pos, raw in raw_samples(url, skips, fields, task[3] if len(task) > 3 else None, result=res):
             try:
                 s = decode_fields(raw, need_image=not spec.features_only)
                 where = f"{url}:{s['__key__']}"
@@ -112,6 +118,8 @@ def read_batches(todo: list[tuple[int, str, int]], spec: ReadSpec) -> Iterator[B
                 b = Batch()
         b.ended.append(i)
         b.skipped[i] = dict(skips)
+        if res.lost:
+            b.skipped[i][SHORT] = check_complete([res], url, partial=True)[0]
     if b.ended:
         yield b.stacked()
 

@@ -68,13 +68,27 @@ def _k(cfg: EvaluateConfig, n: int) -> int:
     return n if cfg.top_k == "all" else min(int(cfg.top_k), n)
 
 
-def shard_keys(shard_set: str) -> set[str]:
-    """Every key of a shard set (only the small tags.json members are read)."""
-    from shards.manifest import Manifest
-    from shards.reader import iter_samples
+def shard_keys(shard_set: str, partial: bool = False) -> set[str]:
+    """Every key of a shard set (only the small tags.json members are read). A shard that holds
+    fewer samples than its manifest would leave the disjointness check blind to the lost keys:
+    refused (``IncompleteRead``) unless ``partial``."""
+    from shards.manifest import Manifest, check_shards
+    from shards.reader import check_complete, iter_set
 
-    return {s["__key__"] for url in Manifest.load(shard_set).shard_urls()
-            for s in iter_samples(url, fields=["tags.json"])}
+    m = Manifest.load(shard_set)
+    check_shards(m)
+    reads: list = []
+    keys = {s["__key__"] for s in iter_set(m, ["tags.json"], reads=reads)}
+    check_complete(reads, f"evaluate: --train-shards {shard_set}", partial)
+    return keys
+
+
+def check_whole(code_set: CodeSet, partial: bool) -> None:
+    """A code set published with ``--partial`` (shards that fell short) is refused unless ``partial``."""
+    short = code_set.manifest.get("short_shards") or []
+    if short and not partial:
+        raise EvaluationError(f"{code_set.url} is a partial code set ({len(short)} shard(s) fell short at encoding, "
+                              f"e.g. {short[0]}); pass --partial to evaluate it anyway")
 
 
 def check_disjoint(query: CodeSet, db: CodeSet, train_keys: set[str] | None) -> dict:
@@ -359,13 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query-shards", help="query shard set (images for the top-10 grid)")
     p.add_argument("--database-shards", help="database shard set (images for the top-10 grid)")
     p.add_argument("--config", help="YAML with EvaluateConfig fields")
+    p.add_argument("--partial", action="store_true",
+                   help="accept code sets / shard sets that lost samples at shard level (the report is then partial)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. top_k=all baselines.methods=[pq]")
     a = p.parse_args(argv)
     try:
         cfg = tconfig.load(EvaluateConfig, a.config, a.overrides)
         query, db = load_code_set(a.query), load_code_set(a.database)
         train = load_code_set(a.train) if a.train else None
-        train_keys = shard_keys(a.train_shards) if a.train_shards else None
+        for cs in (query, db) + ((train,) if train is not None else ()):
+            check_whole(cs, a.partial)
+        for shard_set in (a.query_shards, a.database_shards):
+            if shard_set:  # the grid's images: a missing or changed shard is refused before any work
+                from shards.manifest import Manifest, check_shards
+
+                check_shards(Manifest.load(shard_set))
+        train_keys = shard_keys(a.train_shards, a.partial) if a.train_shards else None
         inputs = None
         if cfg.baselines.on == "inputs" and cfg.baselines.methods and a.query_shards and a.database_shards:
             inputs = {"query": input_features(a.query_shards, query.keys)[0],
@@ -373,8 +396,12 @@ def main(argv: list[str] | None = None) -> int:
             if a.train_shards:
                 inputs["train"], inputs["train_tags"] = input_features(a.train_shards)
         result, grid = evaluate(query, db, cfg, train, train_keys, inputs=inputs)
+        for cs in (query, db):
+            if cs.manifest.get("short_shards"):
+                result["notes"].append(f"PARTIAL: {cs.url} lost samples at encoding: {cs.manifest['short_shards']}")
         files = write_outputs(result, grid, query, db, a.out, cfg, a.query_shards, a.database_shards)
-    except (tconfig.ConfigError, CodeSetError, EvaluationError, FileNotFoundError) as exn:
+    except (tconfig.ConfigError, CodeSetError, EvaluationError, ValueError, OSError) as exn:
+        # ManifestError, IncompleteRead, BaselineError are ValueErrors; storage errors OSErrors
         print(f"evaluate: error: {exn}", file=sys.stderr)
         return 2
     print(f"wrote report.json, report.md, {', '.join(files)} to {a.out}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 
 import numpy as np
 import torch
@@ -101,11 +102,23 @@ def load_inference(dir_url: str, device: str | torch.device = "cpu") -> Inferenc
     encoder = build_encoder(enc_cfg, meta["embed_dim"])
     try:
         state = torch.load(io.BytesIO(_read(dir_url, "model.pt")), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        # a file that is not a plain weights-only state dict (pickled code, a truncated or foreign
+        # file): one line, never torch's advice to retry with weights_only=False
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {dir_url}: model.pt is not a weights-only torch state dict, refused "
+                         f"unread ({type(e).__name__}: {first[:160]})") from None
+    try:
         encoder.load_state_dict(state)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"checkpoint {dir_url}: model.pt does not fit the encoder in meta.json ({e})") from None
     encoder.to(device).eval()
-    quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    try:
+        quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - np.load raises ValueError, OSError, BadZipFile, KeyError
+        raise ValueError(f"checkpoint {dir_url}: quantizer.npz unreadable ({type(e).__name__})") from None
     if not getattr(quantizer, "is_trained", True):
         raise ValueError(f"checkpoint {dir_url}: its codebooks were never fitted (a run saved before its "
                          "first codebook update); retrain it with this version, which always ends with one")

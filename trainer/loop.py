@@ -45,7 +45,6 @@ class WorkerRun:
     engine: Any               # the DeepSpeed engine, or None
     supervision: Any          # turns a batch's raw tags (or labels) into (B, T) targets
     tag_semantics_hash: str
-    local_checkpoint: Path | None = None  # local mode: Ray keeps pointing at our directory
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -198,20 +197,48 @@ def resume(run: WorkerRun) -> TrainState | None:
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and run.cfg.scaling.num_workers == 0 and run.engine is None:
+        return _resume_local(run)
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
         loaded = checkpointing.load(d)
-        if loaded.tag_semantics_hash != run.tag_semantics_hash:
-            raise ValueError(
-                f"resuming run {run.cfg.storage.name!r}: its checkpoint was trained with tag semantics "
-                f"{loaded.tag_semantics_hash} but data.tags ({run.cfg.data.tags}) has hash "
-                f"{run.tag_semantics_hash}; use a new storage.name for a new run")
+        _check_tags(run, loaded)
         run.method.load_state_dict(loaded.method_state)
         if run.engine is not None:
             run.engine.load_checkpoint(str(Path(d) / checkpointing.DEEPSPEED_DIR))
         else:
             run.optimizer.load_state_dict(loaded.optimizer)
+    return _restore(run, loaded)
+
+
+def _resume_local(run: WorkerRun) -> TrainState | None:
+    """Local mode: the newest checkpoint this run persisted itself under storage (``save_and_report``)."""
+    url = checkpointing.latest_persisted(_run_url(run))
+    if url is None:
+        return None
+    loaded = checkpointing.load_persisted(url)
+    _check_tags(run, loaded)
+    run.method.load_state_dict(loaded.method_state)
+    run.optimizer.load_state_dict(loaded.optimizer)
+    return _restore(run, loaded)
+
+
+def _run_url(run: WorkerRun) -> str:
+    from shards import storage
+
+    return storage.join(run.cfg.storage.path, run.cfg.storage.name)
+
+
+def _check_tags(run: WorkerRun, loaded) -> None:
+    if loaded.tag_semantics_hash != run.tag_semantics_hash:
+        raise ValueError(
+            f"resuming run {run.cfg.storage.name!r}: its checkpoint was trained with tag semantics "
+            f"{loaded.tag_semantics_hash} but data.tags ({run.cfg.data.tags}) has hash "
+            f"{run.tag_semantics_hash}; use a new storage.name for a new run")
+
+
+def _restore(run: WorkerRun, loaded) -> TrainState:
     state = loaded.state
     if len(state.rng) == run.world_size:
         checkpointing.set_rng_state(state.rng[run.rank]["global"])
@@ -326,13 +353,15 @@ def save_and_report(run: WorkerRun, state: TrainState, record: dict[str, Any]) -
     import ray.train
 
     every = run.cfg.storage.checkpoint_every
+    local = run.cfg.scaling.num_workers == 0
     checkpoint = state.epoch % every == 0 or state.epoch == run.cfg.training.epochs
     directory = None
     if checkpoint:
         state.rng = dist.all_gather_object({"global": checkpointing.rng_state(),
                                             "icm": run.method.generator.get_state()})
     if checkpoint and (run.rank == 0 or run.engine is not None):
-        directory = Path(tempfile.mkdtemp(prefix=f"wsdhq-ckpt-e{state.epoch}-r{run.rank}-"))
+        directory = (checkpointing.local_checkpoint_dir(_run_url(run), state.epoch) if local
+                     else Path(tempfile.mkdtemp(prefix=f"wsdhq-ckpt-e{state.epoch}-r{run.rank}-")))
         if run.engine is not None:  # collective: every rank writes its ZeRO shard
             run.engine.save_checkpoint(str(directory / checkpointing.DEEPSPEED_DIR), tag=f"epoch{state.epoch}")
         if run.rank == 0:
@@ -341,16 +370,12 @@ def save_and_report(run: WorkerRun, state: TrainState, record: dict[str, Any]) -
                                scheduler=None, config=to_dict(run.cfg),
                                tag_semantics_hash=run.tag_semantics_hash)
     scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
+    if directory is not None and local:  # Ray's local mode persists nothing: copy it to storage ourselves
+        checkpointing.persist(directory, _run_url(run), state.epoch, run.cfg.storage.keep_checkpoints)
     ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(directory))
-                     if directory else None)
-    if directory is None:
-        return
-    if run.cfg.scaling.num_workers > 0:
+                     if directory is not None and not local else None)
+    if directory is not None and not local:
         shutil.rmtree(directory, ignore_errors=True)  # uploaded synchronously by report
-    else:  # local mode persists nothing: the result refers to the latest directory, drop the older
-        if run.local_checkpoint is not None:
-            shutil.rmtree(run.local_checkpoint, ignore_errors=True)
-        run.local_checkpoint = directory
 
 
 def write_final(run: WorkerRun, state: TrainState) -> None:

@@ -34,7 +34,7 @@ def preflight(cfg: RunConfig) -> dict:
     """Check what the workers will read, on the driver; returns facts the summary prints. (The
     config's own ranges were checked when it was loaded: each section's ``__post_init__``.)"""
     from shards import storage
-    from shards.manifest import Manifest
+    from shards.manifest import Manifest, check_shards
     from shards.reader import ReaderError, SlotPlan, train_batches
     from trainer.quantizers.kmeans import require_faiss
     from trainer.tags import TagSemantics
@@ -50,6 +50,11 @@ def preflight(cfg: RunConfig) -> dict:
         raise InputError(f"data.train: cannot read the training manifest at {cfg.data.train}: {e}") from None
     if manifest.total == 0:
         raise InputError(f"data.train: the training set at {cfg.data.train} is empty (0 samples)")
+    try:  # a missing or changed shard: one line here, not a traceback from every worker
+        if embeddings is None:  # an embedding set was validated part by part already
+            check_shards(manifest)
+    except (OSError, ValueError) as e:
+        raise InputError(f"data.train: {e}") from None
     kmeans = cfg.method.name == "wsdhq" or (cfg.method.progressive_init == "kmeans" or (
         cfg.method.progressive_init == "auto" and cfg.method.name == "wsdhq_progressive"))
     if kmeans:
@@ -181,12 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     except ray.train.TrainingFailedError as e:  # out of retries: the workers' error, once
         print(f"wsdhq train: training failed: {e}", file=sys.stderr)
         return 1
-    with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / "metrics.json").read_text())
-    last = history[-1]
     from shards import storage
 
     final = storage.join(resolve_storage(cfg.storage.path), cfg.storage.name, "final")
+    history = json.loads(storage.read_bytes(storage.join(final, "metrics.json")))  # local mode reports none
+    last = history[-1]
     print(f"wsdhq train: done, {len(history)} epochs, final loss {last['loss']:.4g}; "
           f"inference checkpoint and training_curves.png in {final}")
     return 0

@@ -13,12 +13,19 @@ from trainer.train import build_trainer
 
 def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_final(digits_features, tmp_path,
                                                                                       capsys):
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("wsdhq-ckpt-*"))
     cfg = run_config(digits_features, tmp_path, "local", "training.epochs=2")
     result = build_trainer(cfg).fit()
     assert result.error is None
-    with result.checkpoint.as_directory() as d:
-        loaded = checkpointing.load(d)
-        history = json.loads((Path(d) / "metrics.json").read_text())
+    # local mode persists its checkpoints under storage.path/storage.name itself, leaving no temp dirs
+    assert set(Path(tempfile.gettempdir()).glob("wsdhq-ckpt-*")) == before
+    persisted = sorted(p.name for p in (tmp_path / "local").glob("checkpoint_local_e*"))
+    assert persisted == ["checkpoint_local_e000001", "checkpoint_local_e000002"]  # keep_checkpoints=2
+    latest = checkpointing.latest_persisted(str(tmp_path / "local"))
+    loaded = checkpointing.load_persisted(latest)
+    history = loaded.state.metrics
     assert loaded.state.epoch == 2
     assert [m["epoch"] for m in history] == [0, 1]
     # 480 samples, batch 40, one rank: 12 steps an epoch
