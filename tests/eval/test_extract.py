@@ -108,7 +108,7 @@ def test_embedding_set_format_is_readable_by_the_embedding_reader(digits, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["encoder.kind=mlp"], "encoder.kind=mlp: extraction needs a pretrained image backbone"),
+    (["encoder.kind=mlp", "encoder.in_features=64"], "encoder.kind=mlp: extraction needs a pretrained image backbone"),
     (["encoder.kind=efficientnet_lite0", "encoder.trainable=2"], "encoder.trainable=2: features are extracted by a frozen"),
     (["batch_size=0"], "batch_size=0: must be >= 1"),
 ])
