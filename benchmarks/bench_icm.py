@@ -61,6 +61,18 @@ def mse(x: np.ndarray, xhat: np.ndarray) -> float:
     return float(((x.astype(np.float64) - xhat) ** 2).sum(1).mean())
 
 
+def _encode(q: AdditiveQuantizer, x: np.ndarray, **settings) -> torch.Tensor:
+    """``q.encode(x)`` with some of its ICM settings (``icm_sweeps``, ``icm_restarts``) changed for the call."""
+    before = {k: getattr(q, k) for k in settings}
+    for k, v in settings.items():
+        setattr(q, k, v)
+    try:
+        return q.encode(x)
+    finally:
+        for k, v in before.items():
+            setattr(q, k, v)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=20000)
@@ -97,10 +109,10 @@ def main() -> None:
     aq_train = time.perf_counter() - t
     for s in a.sweeps:
         methods[f"ours: ICM {s} sweep{'s' * (s > 1)} (own codebooks)"] = (
-            aq_train, lambda s=s: aq.encode(xb, sweeps=s, generator=gen()), lambda c: aq.decode(c).numpy())
+            aq_train, lambda s=s: _encode(aq, xb, icm_sweeps=s), lambda c: aq.decode(c).numpy())
     for r in a.restarts:
         methods[f"ours: ICM 3 sweeps x {r} restarts (own codebooks)"] = (
-            aq_train, lambda r=r: aq.encode(xb, restarts=r, generator=gen()), lambda c: aq.decode(c).numpy())
+            aq_train, lambda r=r: _encode(aq, xb, icm_restarts=r), lambda c: aq.decode(c).numpy())
 
     lsq = faiss.LocalSearchQuantizer(a.dim, a.M, 8)
     lsq.random_seed = a.seed

@@ -6,7 +6,7 @@ Runs the product's own commands, each printed and appended to ``<out>/commands.t
 ``python -m shards mirflickr-matrix ... --features``, ``python -m trainer.tags build-matrix ...``, then
 per seed and model ``python -m trainer.train --config configs/mirflickr_real.yaml ...`` (the Ray
 Train loop in local mode, ``scaling.num_workers=0``: one process, the same loop as on a cluster,
-whose 1- and 2-worker runs agree to 1e-6 in tests/train), ``python -m eval.encode --local`` and
+whose codebook update is the same on 1 or 2 workers, tests/train), ``python -m eval.encode --local`` and
 ``python -m eval.evaluate``. The unsupervised references (faiss PQ / OPQ / residual / LSQ, random
 codes) are trained on the fixed descriptor itself, i.e. the encoder trained without tags: the
 stand-in for the paper's ImageNet-pretrained AlexNet features that its PQ/OPQ baselines use.

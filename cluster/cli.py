@@ -14,6 +14,7 @@ COMMANDS = {
     "shards": ("shards.__main__", "convert sources to WebDataset shards, summarise, verify"),
     "tags": ("trainer.tags.__main__", "build the tag semantics artifact from training shards"),
     "train": ("trainer.train", "train WSDHQ / DPQ on Ray Train"),
+    "extract": ("eval.extract", "frozen-backbone features of image shards, once (a Ray job)"),
     "encode": ("eval.encode", "encode a corpus into codes (a Ray job)"),
     "evaluate": ("eval.evaluate", "retrieval evaluation and report"),
     "index": ("eval.index", "build a searchable faiss index from a code set"),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 # Never shipped to the cluster: data, environments, run outputs, caches. (.gitignore is honoured too.)
 EXCLUDES = [".venv", "venv", ".git", "data", "runs", "checkpoints", "*.egg-info", "__pycache__",
@@ -21,7 +23,8 @@ EXCLUDES = [".venv", "venv", ".git", "data", "runs", "checkpoints", "*.egg-info"
 FORWARDED_ENV = ["DS_ACCELERATOR", "RAY_TRAIN_COLLECTIVE_TIMEOUT_S", "AWS_ENDPOINT_URL",
                  "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-AGENT_WAIT_S = 120  # how long submit waits for a fresh head's job agent
+AGENT_WAIT_S = 120.0  # how long submit waits for a fresh head's job agent
+T = TypeVar("T")
 
 
 def client(address: str):
@@ -41,26 +44,30 @@ def runtime_env(working_dir: str | Path, env_vars: dict[str, str] | None = None,
 
 def submit(address: str, entrypoint: list[str], working_dir: str | Path = ".",
            env_vars: dict[str, str] | None = None, submission_id: str | None = None,
-           entrypoint_num_gpus: float | None = None, agent_wait_s: float = 120.0) -> str:
-    """Submit ``entrypoint`` (argv list, not a shell string) and return the job's submission id."""
-    import shlex
-
-    import time
-
+           entrypoint_num_gpus: float | None = None, agent_wait_s: float = AGENT_WAIT_S) -> str:
+    """Submit ``entrypoint`` (argv list, not a shell string) and return the job's submission id;
+    a head whose job agent is not up yet is asked again for up to ``agent_wait_s`` seconds."""
     kwargs = {}
     if entrypoint_num_gpus:
         kwargs["entrypoint_num_gpus"] = entrypoint_num_gpus
     c = client(address)
-    deadline = time.monotonic() + AGENT_WAIT_S
+    return while_agent_starts(
+        lambda: c.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env(working_dir, env_vars),
+                             submission_id=submission_id, **kwargs), agent_wait_s)
+
+
+def while_agent_starts(call: Callable[[], T], wait_s: float, poll_s: float = 2.0) -> T:
+    """``call()``, asked again every ``poll_s`` while it fails with Ray's "No available agent" (a
+    head that has just started answers before its job agent is up), for at most ``wait_s`` seconds;
+    any other error, or that one past the deadline, is raised."""
+    deadline = time.monotonic() + wait_s
     while True:
         try:
-            return c.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env(working_dir, env_vars),
-                                submission_id=submission_id, **kwargs)
+            return call()
         except RuntimeError as e:
-            # A head that has just started answers before its job agent is up; only that is retried.
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
+            if "No available agent" not in str(e) or time.monotonic() + poll_s > deadline:
                 raise
-            time.sleep(2)
+            time.sleep(poll_s)
 
 
 def follow(address: str, job_id: str, write: Callable[[str], object] | None = None) -> str:

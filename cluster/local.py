@@ -49,10 +49,21 @@ def _start_cmd(port: int, dashboard_port: int, num_cpus: int | None, num_gpus: i
     return cmd
 
 
-def ensure_token() -> None:
-    """Create ``~/.ray/auth_token`` if there is none (Ray's own command; an existing token is kept)."""
+def token_path() -> Path:
+    """Where Ray keeps the token (``ray._private.authentication``: ``~/.ray/auth_token``)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def ensure_token() -> Path:
+    """Create ``~/.ray/auth_token`` if there is none (Ray's own command; an existing token is kept),
+    readable by this user only: created under umask 077 and chmod 0600 (Ray itself writes it 0644,
+    and an older token may be 0644 already)."""
     subprocess.run([ray_executable(), "get-auth-token", "--generate"], check=True, env=_token_env(),
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, umask=0o077)
+    path = token_path()
+    if path.exists():
+        path.chmod(0o600)
+    return path
 
 
 def start(port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None,

@@ -9,6 +9,13 @@ uint8 codes (N, M), so one AQD/LUT scorer serves all rows of the report table.
 - residual (``ResidualQuantizer``, beam search) and LSQ (``LocalSearchQuantizer``) already are additive.
 - random: Gaussian codebooks scaled to the features' spread and uniform random codes (fixed seed),
   the floor any learned code must beat.
+
+Projections (``BaselineConfig.projections``) put a linear map A (D x k) in front of any of them:
+``pca`` (PCA-k of the training features) or ``tags`` (the simple weak-tag baseline: a ridge map from
+the features onto an SVD-k of the training items' tag matrix, then an unsupervised quantizer on the
+mapped features). Codewords c found in the k-dim space are folded back as A c, so the score stays
+q·(A c) = (Aᵀq)·c: the same asymmetric inner-product reading (AQD) as every other row, with the query
+projected by the same map and never quantized.
 """
 from __future__ import annotations
 
@@ -17,8 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval.faiss_export import _faiss
+from shards.config_checks import at_least, one_of
 
 METHODS = ("pq", "opq", "residual", "lsq", "random")
+PROJECTIONS = ("none", "pca", "tags")
 
 
 class BaselineError(ValueError):
@@ -35,6 +44,32 @@ class BaselineConfig:
     lsq_train_iters: int = 10
     opq_iters: int = 10  # alternations of rotation / PQ (faiss default 50)
     rq_beam_size: int = 4
+    # What the baselines quantize: the encoder's features stored in the code sets ("encoder"), or
+    # the input features (feat.npy) of the shard sets the model was fed ("inputs": "on the same
+    # inputs", needs --query-shards / --database-shards [/ --train-shards]).
+    on: str = "encoder"
+    projections: list[str] = field(default_factory=lambda: ["none"])  # none | pca | tags (see above)
+    projection_dim: int = 64
+    ridge: float = 0.0  # the tags projection's ridge; 0: chosen by leave-one-out CV on the training items
+    # L2-normalise the features first (the cosine reading: pooled CNN features and raw pixels rank
+    # better by direction than by inner product with their norms; measured in docs/results.md)
+    normalize: bool = False
+
+    def __post_init__(self):
+        from trainer.config import ConfigError
+
+        if self.on not in ("encoder", "inputs"):
+            raise ConfigError(f"baselines.on={self.on!r}: 'encoder' or 'inputs'")
+        bad = sorted(set(self.projections) - set(PROJECTIONS))
+        if bad:
+            raise ConfigError(f"baselines.projections: unknown {bad}; known: {', '.join(PROJECTIONS)}")
+        if self.projection_dim < 1:
+            raise ConfigError(f"baselines.projection_dim={self.projection_dim}: must be >= 1")
+
+    def __post_init__(self):
+        one_of(self, "methods", METHODS, many=True)
+        for key in ("max_train", "lsq_train_iters", "opq_iters", "rq_beam_size"):
+            at_least(self, key, 1)
 
 
 @dataclass
@@ -66,12 +101,56 @@ def _pq_codebooks(pq, d: int) -> np.ndarray:
     return full
 
 
+def projection(kind: str, train: np.ndarray, dim: int, train_tags: list[list[str]] | None = None,
+               ridge: float = 0.0) -> np.ndarray | None:
+    """The map A (D x k) of a projection (None for "none"); see the module docstring."""
+    x = np.asarray(train, dtype=np.float64)
+    if kind == "none":
+        return None
+    if kind == "pca":
+        xc = x - x.mean(0)
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+        return np.ascontiguousarray(vt[: min(dim, len(vt))].T, dtype=np.float32)
+    if kind == "tags":
+        if train_tags is None:
+            raise BaselineError("tags projection: needs the training items' tags (--train-shards with "
+                                "baselines.on=inputs)")
+        tagged = [i for i, t in enumerate(train_tags) if t]
+        vocab = sorted({t for i in tagged for t in train_tags[i]})
+        if len(tagged) < 2 or len(vocab) < 2:
+            raise BaselineError(f"tags projection: {len(tagged)} tagged training items, {len(vocab)} tags (skipped)")
+        col = {t: j for j, t in enumerate(vocab)}
+        bag = np.zeros((len(tagged), len(vocab)))
+        for r, i in enumerate(tagged):
+            bag[r, [col[t] for t in train_tags[i]]] = 1.0
+        u, sv, _ = np.linalg.svd(bag - bag.mean(0), full_matrices=False)
+        k = min(dim, len(sv))
+        target = u[:, :k] * sv[:k]
+        xt = x[tagged]
+        if ridge > 0:
+            a = np.linalg.solve(xt.T @ xt + ridge * np.eye(x.shape[1]), xt.T @ target)
+        else:  # efficient leave-one-out over a grid: tags of the training items only, no labels
+            from sklearn.linear_model import RidgeCV
+
+            a = RidgeCV(alphas=np.logspace(-2, 3, 11), fit_intercept=False).fit(xt, target).coef_.T
+        return np.ascontiguousarray(a, dtype=np.float32)
+    raise ValueError(f"unknown projection {kind!r}; known: {', '.join(PROJECTIONS)}")
+
+
 def train_baseline(method: str, train: np.ndarray, db: np.ndarray, queries: np.ndarray, m: int,
-                   nbits: int = 8, cfg: BaselineConfig | None = None) -> BaselineCodes:
-    """Train ``method`` on ``train`` features and encode ``db`` and ``queries`` with M x nbits bits.
+                   nbits: int = 8, cfg: BaselineConfig | None = None, project: np.ndarray | None = None
+                   ) -> BaselineCodes:
+    """Train ``method`` on ``train`` features and encode ``db`` and ``queries`` with M x nbits bits,
+    after the map ``project`` (D x k, see ``projection``) when given.
 
     Inputs faiss cannot train on (e.g. fewer vectors than centroids) raise ``BaselineError``
     naming the method and the sizes, never a faiss traceback."""
+    if project is not None:
+        mapped = [np.ascontiguousarray(np.asarray(x, np.float32) @ project) for x in (train, db, queries)]
+        b = train_baseline(method, *mapped, m, nbits, cfg)
+        k = project.shape[1]
+        cb = b.codebooks[:, :, :k] @ project.T  # padding columns carry nothing: drop them
+        return BaselineCodes(method, np.ascontiguousarray(cb, dtype=np.float32), b.db_codes, b.query_codes, 0)
     try:
         return _train_baseline(method, train, db, queries, m, nbits, cfg)
     except RuntimeError as exn:  # faiss's C++ checks, e.g. "Number of training points (45) should be ..."

@@ -9,7 +9,7 @@ mostly when the model leaves them idle, and hands over uint8 pixels (4x smaller 
 normalisation runs once per batch where the model runs.
 
 Wire format between a decoder and the job, per message: one JSON header (keys, indices, labels,
-which shards ended and their skip counts) then, for a batch with rows, the raw bytes of its array.
+tags, which shards ended and their skip counts) then, for a batch with rows, the raw bytes of its array.
 No pickle: keys and labels come from shard contents.
 
 ``decoders`` processes split a call's shards (shard i to decoder i % n): each shard is read once,
@@ -57,16 +57,18 @@ class Batch:
     keys: list[str] = field(default_factory=list)
     index: list[int] = field(default_factory=list)
     labels: list[list[str]] = field(default_factory=list)
+    tags: list[list[str]] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
     skipped: dict[int, dict] = field(default_factory=dict)
     x: np.ndarray | None = None
     xs: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    def add(self, shard: int, key: str, index: int, labels: list[str], x: np.ndarray) -> None:
+    def add(self, shard: int, key: str, index: int, labels: list[str], tags: list[str], x: np.ndarray) -> None:
         self.shard.append(shard)
         self.keys.append(key)
         self.index.append(index)
         self.labels.append(labels)
+        self.tags.append(tags)
         self.xs.append(x)
 
     def stacked(self) -> Batch:
@@ -75,20 +77,26 @@ class Batch:
         return self
 
 
-def read_batches(todo: list[tuple[int, str, int]], spec: ReadSpec) -> Iterator[Batch]:
-    """Full batches over the shards ``(position, url, manifest offset)`` in order, read across
-    shard boundaries. Images leave as uint8 pixels (``eval_pixels``: Pillow and numpy only, no
-    torch op, so a reading thread never starts an OpenMP team of its own)."""
+SHORT = "__short__"  # key in a shard's skip dict: why it held fewer samples than its manifest count
+
+
+def read_batches(todo: list[tuple], spec: ReadSpec) -> Iterator[Batch]:
+    """Full batches over the shards ``(position, url, manifest offset[, manifest count])`` in order,
+    read across shard boundaries. With the count, a shard that falls short has its lost samples in
+    its skip counts and the reason under ``SHORT``. Images leave as uint8 pixels (``eval_pixels``:
+    Pillow and numpy only, no torch op, so a reading thread never starts an OpenMP team of its own)."""
     from shards.images import decode_rgb
-    from shards.reader import raw_samples
+    from shards.reader import ShardRead, check_complete, raw_samples
     from shards.schema import decode_fields
     from shards.transforms import eval_pixels
 
     b = Batch()
     fields = {"feat.npy", "labels.json", "tags.json"} if spec.features_only else None  # skip image bytes
-    for i, url, offset in todo:
+    for task in todo:
+        i, url, offset = task[:3]
         skips: Counter = Counter()
-        for pos, raw in raw_samples(url, skips, fields):
+        res = ShardRead(url)
+        for pos, raw in raw_samples(url, skips, fields, task[3] if len(task) > 3 else None, result=res):
             try:
                 s = decode_fields(raw, need_image=not spec.features_only)
                 where = f"{url}:{s['__key__']}"
@@ -104,12 +112,14 @@ def read_batches(todo: list[tuple[int, str, int]], spec: ReadSpec) -> Iterator[B
             except SampleError as exn:
                 skips[exn.reason] += 1
                 continue
-            b.add(i, s["__key__"], offset + pos, s["labels"], x)
+            b.add(i, s["__key__"], offset + pos, s["labels"], s["tags"], x)
             if len(b.keys) == spec.batch_size:
                 yield b.stacked()
                 b = Batch()
         b.ended.append(i)
         b.skipped[i] = dict(skips)
+        if res.lost:
+            b.skipped[i][SHORT] = check_complete([res], url, partial=True)[0]
     if b.ended:
         yield b.stacked()
 
@@ -126,7 +136,8 @@ def _send(conn: Connection, header: dict, x: np.ndarray | None = None) -> None:
 
 
 def _send_batch(conn: Connection, b: Batch) -> None:
-    _send(conn, {"shard": b.shard, "keys": b.keys, "index": b.index, "labels": b.labels, "ended": b.ended,
+    _send(conn, {"shard": b.shard, "keys": b.keys, "index": b.index, "labels": b.labels, "tags": b.tags,
+                 "ended": b.ended,
                  "skipped": {str(i): s for i, s in b.skipped.items()}}, b.x)
 
 
@@ -141,7 +152,7 @@ def _recv(conn: Connection) -> dict:
 
 def _batch_of(msg: dict) -> Batch:
     return Batch(shard=msg["shard"], keys=msg["keys"], index=msg["index"], labels=msg["labels"],
-                 ended=msg["ended"], skipped={int(i): s for i, s in msg["skipped"].items()}, x=msg.get("x"))
+                 tags=msg["tags"], ended=msg["ended"], skipped={int(i): s for i, s in msg["skipped"].items()}, x=msg.get("x"))
 
 
 def _serve(conn: Connection, spec: ReadSpec, nice: int) -> None:

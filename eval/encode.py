@@ -39,9 +39,10 @@ import numpy as np
 import torch
 
 from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
-from eval.decoding import Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
+from eval.decoding import SHORT, Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
 from shards import storage
-from shards.manifest import Manifest, sha256_of
+from shards.config_checks import above, at_least, within
+from shards.manifest import Manifest, check_shards, sha256_of
 from trainer import config as tconfig
 
 JOB_FILE = "encode_job.json"  # written first: pins the checkpoint a (resumed) job writes for
@@ -66,15 +67,35 @@ class EncodeConfig:
     # A job with fewer samples left than this reads in a thread: a decoder's start-up (a fresh
     # interpreter importing torch, ~2-4 s) costs more than it saves on a job of seconds.
     decoder_min_samples: int = 20_000
+    # A shard that holds fewer samples than its manifest count (truncated, unreadable, ended early)
+    # gets no code file and the code set is not published, unless partial output is asked for.
+    partial: bool = False
+    verify_sha256: bool = False  # before encoding, compare every shard's sha256 (byte sizes always)
+
+    def __post_init__(self):
+        at_least(self, "batch_size", 1)
+        for key in ("image_size", "actors", "max_shards", "decoders", "decoder_min_samples", "progress_every_s"):
+            at_least(self, key, 0)
+        above(self, "cpus_per_actor", 0)
+        within(self, "decode_nice", 0, 19)  # os.nice increments: 0 (the model's priority) to 19
 
 
 class EncodeError(ValueError):
     """The job cannot run as asked; the message names the culprit."""
 
 
-def check_config(cfg: EncodeConfig) -> None:
-    if cfg.decoders < 0:
-        raise EncodeError(f"decoders={cfg.decoders}: the number of decoder processes is 0 (a thread) or more")
+def read_quantizer(checkpoint: str):
+    """The checkpoint's quantizer; an unreadable ``quantizer.npz`` is one error naming it."""
+    from trainer.quantizers import load_quantizer
+
+    try:
+        return load_quantizer(io.BytesIO(storage.read_bytes(storage.join(checkpoint, "quantizer.npz"))))
+    except FileNotFoundError:
+        raise EncodeError(f"checkpoint {checkpoint}: missing quantizer.npz") from None
+    except Exception as exn:  # noqa: BLE001 - np.load raises ValueError, OSError, BadZipFile, KeyError
+        msg = str(exn).split(": ", 1)[-1] if "BytesIO" in str(exn) else str(exn)
+        raise EncodeError(f"checkpoint {checkpoint}: quantizer.npz unreadable ({type(exn).__name__}: "
+                          f"{msg[:160]})") from None
 
 
 def checkpoint_identity(checkpoint: str) -> dict:
@@ -84,6 +105,8 @@ def checkpoint_identity(checkpoint: str) -> dict:
         meta = json.loads(storage.read_bytes(meta_url).decode("utf-8"))
     except FileNotFoundError:
         raise EncodeError(f"checkpoint {checkpoint}: no meta.json (not an inference checkpoint)") from None
+    except (UnicodeDecodeError, ValueError) as exn:
+        raise EncodeError(f"checkpoint {checkpoint}: meta.json is not UTF-8 JSON ({exn})") from None
     hashes = {}
     for name in ("model.pt", "quantizer.npz") + ((meta["icm_weights"],) if meta.get("icm_weights") else ()):
         try:
@@ -130,7 +153,6 @@ class ShardEncoder:
         self.image_size = cfg.image_size or self.model.image_size
         if not self.features_only and not self.image_size:
             raise EncodeError(f"checkpoint {checkpoint} records no image_size: pass image_size=<pixels>")
-        check_config(cfg)
         self.spec = ReadSpec(cfg.batch_size, self.features_only, self.in_features,
                              None if self.features_only else self.image_size)
         self.decoders: Decoders | None = None
@@ -141,8 +163,8 @@ class ShardEncoder:
             self.close()  # one died since the last call (or never started): start them all afresh
             self.decoders = Decoders(self.spec, self.cfg.decoders, self.cfg.decode_nice)
 
-    def _batches(self, todo: list[tuple[str, int, str]]) -> Iterator[Batch]:
-        tasks = [(i, url, offset) for i, (url, offset, _) in enumerate(todo)]
+    def _batches(self, todo: list[tuple]) -> Iterator[Batch]:
+        tasks = [(i, t[0], t[1]) + tuple(t[3:4]) for i, t in enumerate(todo)]
         if not self.cfg.decoders:
             return prefetch(read_batches(tasks, self.spec), depth=2)
         self._start_decoders()
@@ -179,16 +201,21 @@ class ShardEncoder:
             for i in b.ended:
                 yield self._write(todo[i], rows.pop(i, ShardRows()), b.skipped.get(i, {}))
 
-    def _write(self, task: tuple[str, int, str], r: ShardRows, skips: dict) -> dict:
-        url, _, out_url = task
+    def _write(self, task: tuple, r: ShardRows, skips: dict) -> dict:
+        url, out_url = task[0], task[2]
+        skips = dict(skips)
+        short = skips.pop(SHORT, None)
+        if short and not self.cfg.partial:  # no code file: a re-run (or --partial) redoes this shard
+            return {"url": None, "shard": url, "rows": 0, "sha256": None, "skipped": skips, "short": short}
         m, d = self.model.quantizer.M, self.model.quantizer.D
         data = pack_code_file(r.keys, np.asarray(r.index, np.int64),
                               np.concatenate(r.codes) if r.codes else np.zeros((0, m), np.uint8), r.labels,
                               (np.concatenate(r.feats) if r.feats else np.zeros((0, d), np.float32))
                               if self.cfg.features else None)
         storage.write_bytes(out_url, data)
-        return {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": url, "rows": len(r.keys),
-                "sha256": hashlib.sha256(data).hexdigest(), "skipped": dict(skips)}
+        entry = {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": url, "rows": len(r.keys),
+                 "sha256": hashlib.sha256(data).hexdigest(), "skipped": skips}
+        return entry | ({"short": short} if short else {})
 
     def encode_group(self, todo: list[tuple[str, int, str]]) -> list[dict]:
         """A few shards, one per decoder (the Ray actor call)."""
@@ -229,8 +256,8 @@ def _remove_stale_temps(out: str) -> int:
 
 
 class Progress:
-    def __init__(self, total: int, every_s: float, log):
-        self.total, self.every_s, self.log = total, every_s, log
+    def __init__(self, total: int, every_s: float, log, verb: str = "encoded"):
+        self.total, self.every_s, self.log, self.verb = total, every_s, log, verb
         self.done = self.samples = 0
         self.t0 = self.last = time.perf_counter()
 
@@ -240,7 +267,7 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= self.every_s or self.done == self.total:
             rate = self.samples / max(now - self.t0, 1e-9)
-            self.log(f"encoded {self.done}/{self.total} shards, {self.samples:,} samples, {rate:,.0f} samples/s")
+            self.log(f"{self.verb} {self.done}/{self.total} shards, {self.samples:,} samples, {rate:,.0f} samples/s")
             self.last = now
 
 
@@ -274,15 +301,25 @@ def _run_ray(checkpoint: str, todo: list[tuple[str, int, str]], cfg: EncodeConfi
 def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool = False, log=print) -> dict | None:
     """Encode every shard not yet encoded; write the manifest when all are done (returns it), else None."""
     checkpoint, shards, out = str(checkpoint), str(shards), str(out)
-    check_config(cfg)
     source = Manifest.load(shards)
+    check_shards(source, checksums=cfg.verify_sha256)  # a missing or changed shard: refused before any work
     ident = checkpoint_identity(checkpoint)
     meta = ident["meta"]
+    q = read_quantizer(checkpoint)
+    if not local:  # an unusable model.pt is one line here, not a traceback from every Ray actor
+        from trainer.checkpoint_io import load_inference
+
+        load_inference(checkpoint, "cpu")
     job = {"checkpoint": checkpoint, "checkpoint_sha256": ident["sha256"],
-           "tag_semantics_hash": meta.get("tag_semantics_hash"), "shards": source.url, "features": cfg.features}
+           "tag_semantics_hash": meta.get("tag_semantics_hash"), "shards": source.url, "features": cfg.features,
+           "partial": False}  # set once a short shard's code file is written (--partial)
     job_url = storage.join(out, JOB_FILE)
+    prev: dict = {}
     if storage.exists(job_url):
         prev = json.loads(storage.read_bytes(job_url).decode("utf-8"))
+        if prev.get("partial") and not cfg.partial:
+            raise EncodeError(f"{out} holds codes of a --partial run (shards that fell short are in it): "
+                              "re-run with --partial or use a fresh --out")
         for key in ("checkpoint_sha256", "tag_semantics_hash", "shards", "features"):
             if prev.get(key) != job[key]:
                 raise EncodeError(
@@ -291,29 +328,33 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
                     f"{str(job['tag_semantics_hash'])[:12]}): use a fresh --out")
     else:
         storage.write_bytes(job_url, (json.dumps(job, indent=1) + "\n").encode())
+
+    def record(entry: dict) -> None:
+        entries[entry["shard"]] = entry
+        if entry.get("short") and entry["url"] and not prev.get("partial"):  # a short shard's file exists
+            prev["partial"] = True
+            storage.write_bytes(job_url, (json.dumps(job | {"partial": True}, indent=1) + "\n").encode())
+
     for name in ("quantizer.npz", "meta.json"):
         storage.write_bytes(storage.join(out, name), storage.read_bytes(storage.join(checkpoint, name)))
-    from trainer.quantizers import load_quantizer
-
-    q = load_quantizer(io.BytesIO(storage.read_bytes(storage.join(checkpoint, "quantizer.npz"))))
     stale = _remove_stale_temps(out)
     if stale:
         log(f"removed {stale} temp file(s) a killed run left in {out}")
     urls = source.shard_urls()
     entries: dict[str, dict] = {}
     todo = []
-    for url, offset in zip(urls, source.offsets()):
+    for url, offset, entry in zip(urls, source.offsets(), source.shards):
         target = storage.join(out, code_file_name(url))
         done = existing_entry(target, url, q.M, cfg.features)
         if done is not None:
             entries[url] = done
         else:
-            todo.append((url, offset, target))
+            todo.append((url, offset, target, entry.count))
     log(f"{len(urls)} shards in {source.url}: {len(entries)} already encoded, {len(todo)} to do")
     if cfg.max_shards:
         todo = todo[: cfg.max_shards]
     count_of = dict(zip(urls, (e.count for e in source.shards)))
-    left = sum(count_of[url] for url, _, _ in todo)
+    left = sum(count_of[t[0]] for t in todo)
     if cfg.decoders and 0 < left < cfg.decoder_min_samples:
         cfg = dataclasses.replace(cfg, decoders=0)
         log(f"{left:,} samples to encode (< decoder_min_samples={cfg.decoder_min_samples:,}): reading in a thread")
@@ -323,13 +364,18 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
         if enc is not None:
             try:
                 for entry in enc.encode_shards(todo):
-                    entries[entry["shard"]] = entry
+                    record(entry)
                     progress.step(entry["rows"])
             finally:
                 enc.close()
         else:
             for entry in _run_ray(checkpoint, todo, cfg, progress):
-                entries[entry["shard"]] = entry
+                record(entry)
+    short = [e["short"] for e in entries.values() if e.get("short")]
+    if short and not cfg.partial:
+        raise EncodeError(f"refusing to publish the code set: {len(short)} shard(s) fell short of their manifest "
+                          f"count: {'; '.join(short[:3])}{' ...' if len(short) > 3 else ''}; the other shards' code "
+                          "files are kept (a re-run resumes); pass --partial to publish without the lost samples")
     if len(entries) < len(urls):
         log(f"stopped after {len(todo)} new shard(s) (max_shards); {len(urls) - len(entries)} remain: re-run to resume")
         return None
@@ -342,26 +388,48 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
             "tag_semantics_hash": meta.get("tag_semantics_hash"), "has_features": cfg.features,
             "source": {"url": source.url, "split": source.split, "total": source.total, "source": source.source},
             "label_names": source.label_names, "skipped_this_run": dict(skipped), "created_by": "wsdhq eval.encode",
+            "partial": bool(short), "short_shards": short,
             "config": tconfig.to_dict(cfg)}
     m = write_manifest(out, info, files)
     log(f"wrote {m['total']:,} codes ({info['bits']} bits) in {len(files)} files + {MANIFEST} to {out}")
     return m
 
 
+def shard_sets(shards: str, out: str) -> list[tuple[str, str]]:
+    """``(shard set, code set)`` pairs: the one set given, or each split of a dataset root (one job,
+    one model load per split's pool)."""
+    from shards.manifest import MANIFEST_NAME
+    from shards.writer import SPLITS
+
+    if storage.exists(storage.join(shards, MANIFEST_NAME)):
+        return [(shards, out)]
+    found = [(storage.join(shards, s), storage.join(out, s)) for s in SPLITS
+             if storage.exists(storage.join(shards, s, MANIFEST_NAME))]
+    return found or [(shards, out)]  # neither: run() names the missing manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.encode", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="inference checkpoint dir (local or s3://)")
-    p.add_argument("--shards", required=True, help="shard set to encode (dir or s3:// prefix)")
+    p.add_argument("--shards", required=True, help="shard set to encode (dir or s3:// prefix), or a dataset "
+                   "root holding train/query/database sets (each encoded into --out/<split>)")
     p.add_argument("--out", required=True, help="code set output (dir or s3:// prefix)")
     p.add_argument("--config", help="YAML with EncodeConfig fields")
     p.add_argument("--local", action="store_true", help="encode in this process, without Ray")
+    p.add_argument("--partial", action="store_true",
+                   help="publish the code set even when shards hold fewer samples than their manifest (recorded)")
+    p.add_argument("--verify-sha256", action="store_true", help="compare every shard's sha256 before encoding")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=512 features=false")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = tconfig.load(EncodeConfig, a.config, a.overrides)
-        run(a.checkpoint, a.shards, a.out, cfg, local=a.local, log=lambda s: print(s, flush=True))
-    except (tconfig.ConfigError, EncodeError, CodeSetError, FileNotFoundError, ValueError) as exn:
+        cfg = dataclasses.replace(cfg, partial=cfg.partial or a.partial,
+                                  verify_sha256=cfg.verify_sha256 or a.verify_sha256)
+        for shards, out in shard_sets(a.shards, a.out):
+            run(a.checkpoint, shards, out, cfg, local=a.local, log=lambda s: print(s, flush=True))
+    except (tconfig.ConfigError, EncodeError, CodeSetError, ValueError, OSError) as exn:
+        # every user error names its file: a missing/changed shard, an unusable checkpoint, storage
         print(f"encode: error: {exn}", file=sys.stderr)
         return 2
     return 0

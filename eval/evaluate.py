@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from eval.codes import CodeSet, CodeSetError, check_compatible, load_code_set
 from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
 from eval.scoring import AQDSearcher, decode, query_chunks, search_features
 from shards import storage
+from shards.config_checks import at_least, one_of, require
 from trainer import config as tconfig
 
 
@@ -44,26 +46,49 @@ class EvaluateConfig:
     grid_queries: int = 4
     grid_top: int = 10
 
+    def __post_init__(self):
+        require(self.top_k == "all" or (isinstance(self.top_k, int) and self.top_k >= 1), "top_k",
+                f"expected a positive integer or 'all', got {self.top_k!r}")
+        require(all(k >= 1 for k in self.precision_at), "precision_at",
+                f"every cut-off must be >= 1, got {self.precision_at!r}")
+        one_of(self, "scorings", ("aqd", "sqd", "feature"), many=True)
+        one_of(self, "headline_convention", sorted(CONVENTIONS))
+        one_of(self, "search_backend", ("auto", "faiss", "torch"))
+        for key in ("query_chunk", "db_chunk", "grid_top"):
+            at_least(self, key, 1)
+        at_least(self, "pr_points", 2)
+        at_least(self, "grid_queries", 0)
+
 
 class EvaluationError(ValueError):
     """The inputs cannot be evaluated as given; the message names the culprit."""
 
 
 def _k(cfg: EvaluateConfig, n: int) -> int:
-    if cfg.top_k == "all":
-        return n
-    if isinstance(cfg.top_k, str) or cfg.top_k < 1:
-        raise EvaluationError(f"top_k: expected a positive integer or 'all', got {cfg.top_k!r}")
-    return min(int(cfg.top_k), n)
+    return n if cfg.top_k == "all" else min(int(cfg.top_k), n)
 
 
-def shard_keys(shard_set: str) -> set[str]:
-    """Every key of a shard set (only the small tags.json members are read)."""
-    from shards.manifest import Manifest
-    from shards.reader import iter_samples
+def shard_keys(shard_set: str, partial: bool = False) -> set[str]:
+    """Every key of a shard set (only the small tags.json members are read). A shard that holds
+    fewer samples than its manifest would leave the disjointness check blind to the lost keys:
+    refused (``IncompleteRead``) unless ``partial``."""
+    from shards.manifest import Manifest, check_shards
+    from shards.reader import check_complete, iter_set
 
-    return {s["__key__"] for url in Manifest.load(shard_set).shard_urls()
-            for s in iter_samples(url, fields=["tags.json"])}
+    m = Manifest.load(shard_set)
+    check_shards(m)
+    reads: list = []
+    keys = {s["__key__"] for s in iter_set(m, ["tags.json"], reads=reads)}
+    check_complete(reads, f"evaluate: --train-shards {shard_set}", partial)
+    return keys
+
+
+def check_whole(code_set: CodeSet, partial: bool) -> None:
+    """A code set published with ``--partial`` (shards that fell short) is refused unless ``partial``."""
+    short = code_set.manifest.get("short_shards") or []
+    if short and not partial:
+        raise EvaluationError(f"{code_set.url} is a partial code set ({len(short)} shard(s) fell short at encoding, "
+                              f"e.g. {short[0]}); pass --partial to evaluate it anyway")
 
 
 def check_disjoint(query: CodeSet, db: CodeSet, train_keys: set[str] | None) -> dict:
@@ -120,19 +145,16 @@ def _total_relevant(q_labels: np.ndarray, db_labels: np.ndarray, chunk: int) -> 
 
 
 def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | None = None,
-             train_keys: set[str] | None = None, log=print) -> tuple[dict, np.ndarray | None]:
-    """All rows of the report (dict) and the top ids of the headline ranking (for the image grid)."""
+             train_keys: set[str] | None = None, log=print, inputs: dict | None = None
+             ) -> tuple[dict, np.ndarray | None]:
+    """All rows of the report (dict) and the top ids of the headline ranking (for the image grid).
+    ``inputs``: the shard sets' input features for ``baselines.on=inputs`` (``input_features``)."""
     check_compatible(query, db)
     if not query.has_labels:
         raise EvaluationError(f"query codes {query.url} carry no ground-truth labels: relevance needs them "
                               "(encode a shard set whose samples have labels.json)")
     if not db.has_labels:
         raise EvaluationError(f"database codes {db.url} carry no ground-truth labels")
-    if cfg.headline_convention not in CONVENTIONS:
-        raise EvaluationError(f"headline_convention: {cfg.headline_convention!r} not in {sorted(CONVENTIONS)}")
-    unknown = set(cfg.scorings) - {"aqd", "sqd", "feature"}
-    if unknown:
-        raise EvaluationError(f"scorings: unknown {sorted(unknown)}; known: aqd, sqd, feature")
     disjoint = check_disjoint(query, db, train_keys if train is None else set(train.keys.tolist()))
     names = query.manifest.get("label_names") or sorted(set(query.label_names()) | set(db.label_names()))
     ql, dl = query.label_matrix(names), db.label_matrix(names)
@@ -173,26 +195,9 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
             notes.append("database codes carry no features: feature scoring skipped")
         else:
             add(model, "feature", None, lambda sl: search_features(qf[sl], db.feat, k, cfg.db_chunk))
-    if cfg.baselines.methods and qf is not None:
-        base = train.feat if train is not None and train.feat is not None else db.feat
-        if base is None:
-            notes.append("no database/train features: baselines skipped (encode with features on)")
-        else:
-            src = "train" if train is not None and train.feat is not None else "database"
-            notes.append(f"baselines trained unsupervised on the {src} set's encoder features "
-                         f"({min(len(base), cfg.baselines.max_train)} sampled)")
-            for m in prefixes:
-                for method in cfg.baselines.methods:
-                    t = time.perf_counter()
-                    try:
-                        b = train_baseline(method, base, db.feat, qf, m, nbits, cfg.baselines)
-                    except BaselineError as exn:
-                        notes.append(str(exn))
-                        log(f"baseline {method} M={m}: {exn}")
-                        continue
-                    log(f"trained {method} M={m} in {time.perf_counter() - t:.1f}s")
-                    s = AQDSearcher(b.codebooks, b.db_codes, cfg.search_backend, cfg.db_chunk)
-                    add(method, "aqd", m * nbits, lambda sl, b=b, s=s: s.search(b.pad_queries(qf[sl]), k))
+    if cfg.baselines.methods:
+        for note in run_baselines(cfg, prefixes, nbits, k, baseline_inputs(cfg, query, db, train, inputs), add, log):
+            notes.append(note)
     out = {
         "config": tconfig.to_dict(cfg) | {"top_k": cfg.top_k},
         "conventions": CONVENTIONS, "headline_convention": cfg.headline_convention,
@@ -209,6 +214,94 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
     return out, grid_ids
 
 
+def input_features(shard_set: str, keys: np.ndarray | None = None) -> tuple[np.ndarray, list[list[str]]]:
+    """feat.npy (and tags) of a shard set, in the order of ``keys`` (a code set's) when given."""
+    from shards.manifest import Manifest
+    from shards.reader import iter_samples
+
+    feats, tags, order = [], [], {}
+    for url in Manifest.load(shard_set).shard_urls():
+        for s in iter_samples(url, fields=["feat.npy", "tags.json"]):
+            if "feat" not in s:
+                raise EvaluationError(f"baselines.on=inputs: {url}:{s['__key__']} has no feat.npy "
+                                      "(input features exist only for features-mode shard sets)")
+            order[s["__key__"]] = len(feats)
+            feats.append(s["feat"])
+            tags.append(s.get("tags", []))
+    if keys is not None:
+        missing = [str(k) for k in keys if str(k) not in order]
+        if missing:
+            raise EvaluationError(f"{shard_set}: {len(missing)} key(s) of the code set are not in it "
+                                  f"(e.g. {missing[0]!r}): not the shard set these codes were encoded from")
+        idx = [order[str(k)] for k in keys]
+        feats, tags = [feats[i] for i in idx], [tags[i] for i in idx]
+    return np.stack(feats).astype(np.float32), tags
+
+
+def baseline_inputs(cfg: EvaluateConfig, query: CodeSet, db: CodeSet, train: CodeSet | None,
+                    inputs: dict | None) -> dict | None:
+    """(train, database, query) features the baselines quantize, and the training tags if known."""
+    if cfg.baselines.on == "inputs":
+        if not inputs or "query" not in inputs or "database" not in inputs:
+            raise EvaluationError("baselines.on=inputs: pass --query-shards and --database-shards "
+                                  "(features-mode shard sets holding feat.npy)")
+        train_x = inputs.get("train", inputs["database"])
+        return {"train": train_x, "database": inputs["database"], "query": inputs["query"],
+                "train_tags": inputs.get("train_tags"),
+                "source": "train shard set's" if "train" in inputs else "database shard set's"}
+    if query.feat is None:
+        return None
+    base = train.feat if train is not None and train.feat is not None else db.feat
+    if base is None:
+        return None
+    return {"train": base, "database": db.feat, "query": query.feat, "train_tags": None,
+            "source": ("train" if train is not None and train.feat is not None else "database")
+            + " set's encoder"}
+
+
+def run_baselines(cfg: EvaluateConfig, prefixes: list[int], nbits: int, k: int, x: dict | None, add, log
+                  ) -> list[str]:
+    """Rows for every baseline x projection x prefix; returns the notes (what ran, what was skipped)."""
+    from eval.baselines import projection
+
+    if x is None:
+        return ["no features to train the baselines on: baselines skipped (encode with features on, "
+                "or baselines.on=inputs with the shard sets)"]
+    bc = cfg.baselines
+    notes = [f"baselines trained unsupervised on the {x['source']} features "
+             f"({min(len(x['train']), bc.max_train)} sampled){', L2-normalised' if bc.normalize else ''}, "
+             "scored by AQD (inner product of the query with the reconstruction)"]
+    if bc.normalize:
+        x = {**x, **{k: _unit(x[k]) for k in ("train", "database", "query")}}
+    if bc.on == "inputs":  # the inputs' own float ranking: the bar any code of them is measured against
+        add("inputs", "feature", None, lambda sl: search_features(x["query"][sl], x["database"], k, cfg.db_chunk))
+    for proj in bc.projections:
+        try:
+            a = projection(proj, x["train"], bc.projection_dim, x["train_tags"], bc.ridge)
+        except BaselineError as exn:
+            notes.append(str(exn))
+            continue
+        suffix = "" if a is None else f"/{proj}{a.shape[1]}"
+        for m in prefixes:
+            for method in bc.methods:
+                t = time.perf_counter()
+                try:
+                    b = train_baseline(method, x["train"], x["database"], x["query"], m, nbits, bc, a)
+                except BaselineError as exn:
+                    notes.append(f"{exn}{suffix}")
+                    log(f"baseline {method}{suffix} M={m}: {exn}")
+                    continue
+                log(f"trained {method}{suffix} M={m} in {time.perf_counter() - t:.1f}s")
+                s = AQDSearcher(b.codebooks, b.db_codes, cfg.search_backend, cfg.db_chunk)
+                q = x["query"]
+                add(method + suffix, "aqd", m * nbits, lambda sl, b=b, s=s, q=q: s.search(b.pad_queries(q[sl]), k))
+    return notes
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def shard_images(shard_set: str, keys: set[str], size: int = 96) -> dict[str, np.ndarray]:
     """Thumbnails of the given keys, found by scanning a shard set (image members only)."""
     from shards.images import decode_rgb
@@ -220,7 +313,7 @@ def shard_images(shard_set: str, keys: set[str], size: int = 96) -> dict[str, np
     for url in Manifest.load(shard_set).shard_urls():
         if len(found) == len(keys):
             break
-        for s in iter_samples(url, fields=IMAGE_EXTS):
+        for s in iter_samples(url, fields=IMAGE_EXTS, skips=Counter()):  # features-only sets: no images
             key = s["__key__"]
             if key in keys and key not in found:
                 img = decode_rgb(s["image"], f"{url}:{key}")
@@ -275,20 +368,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database", required=True, help="database code set")
     p.add_argument("--out", required=True, help="report directory (local or s3://)")
     p.add_argument("--train", help="train code set: baselines train on its features; keys checked disjoint")
-    p.add_argument("--train-shards", help="train shard set: query keys are checked disjoint from it")
+    p.add_argument("--train-shards", help="train shard set: query keys are checked disjoint from it (and "
+                   "with baselines.on=inputs, the baselines train on its features and tags)")
     p.add_argument("--query-shards", help="query shard set (images for the top-10 grid)")
     p.add_argument("--database-shards", help="database shard set (images for the top-10 grid)")
     p.add_argument("--config", help="YAML with EvaluateConfig fields")
+    p.add_argument("--partial", action="store_true",
+                   help="accept code sets / shard sets that lost samples at shard level (the report is then partial)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. top_k=all baselines.methods=[pq]")
     a = p.parse_args(argv)
     try:
         cfg = tconfig.load(EvaluateConfig, a.config, a.overrides)
         query, db = load_code_set(a.query), load_code_set(a.database)
         train = load_code_set(a.train) if a.train else None
-        train_keys = shard_keys(a.train_shards) if a.train_shards else None
-        result, grid = evaluate(query, db, cfg, train, train_keys)
+        for cs in (query, db) + ((train,) if train is not None else ()):
+            check_whole(cs, a.partial)
+        for shard_set in (a.query_shards, a.database_shards):
+            if shard_set:  # the grid's images: a missing or changed shard is refused before any work
+                from shards.manifest import Manifest, check_shards
+
+                check_shards(Manifest.load(shard_set))
+        train_keys = shard_keys(a.train_shards, a.partial) if a.train_shards else None
+        inputs = None
+        if cfg.baselines.on == "inputs" and cfg.baselines.methods and a.query_shards and a.database_shards:
+            inputs = {"query": input_features(a.query_shards, query.keys)[0],
+                      "database": input_features(a.database_shards, db.keys)[0]}
+            if a.train_shards:
+                inputs["train"], inputs["train_tags"] = input_features(a.train_shards)
+        result, grid = evaluate(query, db, cfg, train, train_keys, inputs=inputs)
+        for cs in (query, db):
+            if cs.manifest.get("short_shards"):
+                result["notes"].append(f"PARTIAL: {cs.url} lost samples at encoding: {cs.manifest['short_shards']}")
         files = write_outputs(result, grid, query, db, a.out, cfg, a.query_shards, a.database_shards)
-    except (tconfig.ConfigError, CodeSetError, EvaluationError, FileNotFoundError) as exn:
+    except (tconfig.ConfigError, CodeSetError, EvaluationError, ValueError, OSError) as exn:
+        # ManifestError, IncompleteRead, BaselineError are ValueErrors; storage errors OSErrors
         print(f"evaluate: error: {exn}", file=sys.stderr)
         return 2
     print(f"wrote report.json, report.md, {', '.join(files)} to {a.out}")

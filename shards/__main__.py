@@ -51,11 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="the .jsonl / .csv file (image paths relative to it unless absolute)")
     p.add_argument("--tag-sep", default=generic.DEFAULT_SEP, help="separator of tags/labels in CSV cells")
     p.add_argument("--source", default=None, help="source name recorded in the manifests")
+    p.add_argument("--label-field", default="labels", help="field/column holding the labels (e.g. categories)")
     _sharding_args(p, ShardingConfig())
 
     p = sub.add_parser("from-folder", help="a folder of images with sidecar tag files (<image stem>.tags.txt)")
     p.add_argument("folder")
     p.add_argument("--source", default=None)
+    p.add_argument("--label-field", default=None,
+                   help="labels from this field of a <image stem>.json sidecar (default: <stem>.labels.txt)")
     _sharding_args(p, ShardingConfig())
 
     p = sub.add_parser("mirflickr", help="MIRFLICKR-25K original layout (im{n}.jpg, meta/tags, annotations)")
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("laion", help="img2dataset / LAION-style shards (jpg + txt caption + json)")
     p.add_argument("inputs", nargs="+", help="input .tar shards (local or s3://)")
     p.add_argument("--tag-field", default=laion.LaionConfig.tag_field, help="json field holding tags")
+    p.add_argument("--label-field", default=None, help="json field holding labels, e.g. categories")
     p.add_argument("--min-word-length", type=int, default=laion.LaionConfig.min_word_length)
     p.add_argument("--max-caption-tags", type=int, default=laion.LaionConfig.max_tags)
     p.add_argument("--stopwords", default=None, help="file with one stopword a line (default: built-in list)")
@@ -87,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-split counts, tag and label statistics")
     p.add_argument("root", help="a dataset root or one shard set (dir or s3://)")
 
-    p = sub.add_parser("verify", help="check every shard exists and matches the manifest's size and sha256, "
-                                      "and (for a dataset root) that query is disjoint from train/database")
+    p = sub.add_parser("verify", help="check every shard exists and matches the manifest's size and sha256 "
+                                      "and sample count, and (for a dataset root) that query is disjoint from "
+                                      "train/database")
     p.add_argument("sets", nargs="+", help="shard sets or dataset roots")
     p.add_argument("--sizes-only", action="store_true", help="byte sizes only (no sha256)")
     return parser
@@ -103,6 +108,13 @@ def _verify(urls: list[str], checksums: bool) -> int:
         for s in splits or [url]:
             m = Manifest.load(s)
             problems = verify(m, checksums=checksums)
+            if checksums and not problems:  # a tar cut and re-listed passes sha256: count its samples too
+                from shards.reader import check_complete, iter_set
+
+                reads: list = []
+                for _ in iter_set(m, ["tags.json"], reads=reads):
+                    pass
+                problems = check_complete(reads, m.url, partial=True)
             for p in problems:
                 print(f"FAIL {p}", file=sys.stderr)
             print(f"{'ok  ' if not problems else 'FAIL'} {m.url}: {len(m.shards)} shard(s), {m.total} samples")
@@ -138,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "summary":
             from shards.summary import summarize
 
-            print(summarize(args.root))
-            return 0
+            text, whole = summarize(args.root)
+            print(text)
+            return 0 if whole else 1
         if args.cmd == "verify":
             return _verify(args.sets, checksums=not args.sizes_only)
         sharding = _sharding(args)
@@ -147,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             w = demo.convert_demo(args.out, demo.DemoConfig(seed=args.seed, features=args.features), sharding,
                                   args.overwrite)
         elif args.cmd == "from-manifest":
-            w = generic.convert_list(args.manifest, args.out, sharding, args.tag_sep, args.source, args.overwrite)
+            w = generic.convert_list(args.manifest, args.out, sharding, args.tag_sep, args.source, args.overwrite,
+                                     args.label_field)
         elif args.cmd == "from-folder":
-            w = generic.convert_folder(args.folder, args.out, sharding, args.source, args.overwrite)
+            w = generic.convert_folder(args.folder, args.out, sharding, args.source, args.overwrite, args.label_field)
         elif args.cmd == "mirflickr":
             w = mirflickr.convert_original(args.root, args.out, sharding, args.tags, args.overwrite)
         elif args.cmd == "mirflickr-matrix":
@@ -158,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "nuswide":
             w = nuswide.convert_nuswide(args.root, args.out, sharding, args.images, args.overwrite)
         else:
-            cfg = laion.LaionConfig(tag_field=args.tag_field, min_word_length=args.min_word_length,
+            cfg = laion.LaionConfig(tag_field=args.tag_field, label_field=args.label_field,
+                                    min_word_length=args.min_word_length,
                                     max_tags=args.max_caption_tags, stopwords_file=args.stopwords)
             w = laion.convert_laion(args.inputs, args.out, sharding, cfg, args.overwrite)
     except (FileNotFoundError, FileExistsError, ManifestError, ValueError, OSError) as exn:

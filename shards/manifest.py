@@ -134,14 +134,27 @@ def verify(manifest: Manifest, checksums: bool = True) -> list[str]:
             else:
                 digest, n = entry.sha256, storage.size(url)
         except FileNotFoundError:
-            problems.append(f"{url}: listed in {manifest.url} but does not exist")
+            problems.append(f"{url}: shard listed in {manifest.url} does not exist")
             continue
         if n != entry.bytes:
-            problems.append(f"{url}: {n} bytes, manifest {manifest.url} says {entry.bytes}")
+            problems.append(f"{url}: {n} bytes but {manifest.url} says {entry.bytes}; "
+                            "the shard changed since the manifest was written")
         elif digest != entry.sha256:
             problems.append(f"{url}: sha256 {digest[:12]}... does not match manifest {manifest.url} "
                             f"({entry.sha256[:12]}...)")
     return problems
+
+
+def check_shards(manifest: Manifest, checksums: bool = False) -> None:
+    """Refuse a shard set with a missing or changed shard before anything streams from it: the first
+    problem as one line (``FileNotFoundError`` for a missing shard, else ``ManifestError``). Byte
+    sizes by default (one stat/HEAD per shard); ``checksums`` also compares every sha256."""
+    problems = verify(manifest, checksums=checksums)
+    if problems:
+        more = (f" (and {len(problems) - 1} more; python -m shards verify {manifest.base_url})"
+                if len(problems) > 1 else "")
+        cls = FileNotFoundError if problems[0].endswith("does not exist") else ManifestError
+        raise cls(problems[0] + more)
 
 
 def load_split(root: str, split: str) -> Manifest:

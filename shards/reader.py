@@ -13,16 +13,21 @@ and how many batches it yields, computed from the manifest counts so no rank eve
   ranks; ``len(loader)`` is this rank's batch count (partial last batches per worker).
 * Fewer shards than slots: every slot reads every shard and keeps the samples whose global index
   ``% slots == slot`` (correct for both modes; costs ``slots`` times the reads, fine for small sets,
-  so the loader logs it). Convert with a smaller ``--max-count`` to avoid it.
+  so the loader logs it). Convert with a smaller ``--max-count`` to avoid it. ``SlotPlan`` is that
+  rule; the training driver applies the same one (and ``train_batches``) before any worker starts.
 
-Bad samples are skipped and counted by reason in ``loader.skips`` (logged at the end of each pass);
-a missing shard or a shard whose byte size disagrees with the manifest is refused before streaming.
+Bad samples are skipped and counted by reason in ``loader.skips`` (logged at the end of each pass),
+per sample and against the manifest: every shard read gives samples read + skipped = its manifest
+count, a shard that delivers fewer counting the rest as ``truncated_tar`` / ``unreadable_shard`` /
+``short_shard`` (``raw_samples``); a missing shard or a shard whose byte size disagrees with the
+manifest is refused before streaming.
 """
 from __future__ import annotations
 
 import logging
 import random
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -32,12 +37,13 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
-from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
 from webdataset.utils import make_seed
 
 from shards import storage
+from shards.config_checks import at_least, require
 from shards.images import DEFAULT_MAX_PIXELS, decode_rgb
-from shards.manifest import Manifest, ManifestError
+from shards.manifest import Manifest, check_shards
 from shards.schema import IMAGE_EXTS, SampleError, decode_fields
 from shards.transforms import eval_transform, train_transform
 
@@ -58,64 +64,205 @@ class ReaderConfig:
     features_only: bool = False  # skip image decode; batches carry "feat" only
     max_pixels: int = DEFAULT_MAX_PIXELS
     check_sizes: bool = True  # stat every shard against the manifest's byte size before streaming
+    label_column: str = ""  # embedding sets without embeddings.json (clip-retrieval): the labels column
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.image_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
-            raise ValueError("batch_size and image_size must be >= 1, num_workers and shuffle_buffer >= 0")
+        for key in ("batch_size", "image_size", "max_pixels"):
+            at_least(self, key, 1)
+        for key in ("num_workers", "shuffle_buffer"):
+            at_least(self, key, 0)
+        lo, hi = self.crop_scale
+        require(0 < lo <= hi <= 1, "crop_scale",
+                f"must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r}")
 
 
 class ReaderError(RuntimeError):
     """The shard set cannot be read as asked; the message names the set and the numbers."""
 
 
-class CountingHandler:
-    """A webdataset error handler that counts the error by reason and lets the stream continue."""
+@dataclass(frozen=True)
+class SlotPlan:
+    """How a shard set is dealt to the ``world_size x workers`` slots: whole shards per slot, or, with
+    fewer shards than slots, every shard to every slot, each keeping the samples whose global index
+    ``% slots == slot``. The one rule the reader follows and the training driver checks beforehand."""
 
-    def __init__(self, skips: Counter):
-        self.skips = skips
+    shards: int
+    world_size: int
+    workers: int  # DataLoader workers per rank (0 counts as 1: the rank's own process)
+
+    @property
+    def slots(self) -> int:
+        return self.world_size * max(1, self.workers)
+
+    @property
+    def by_sample(self) -> bool:
+        return self.shards < self.slots
+
+    def describe(self) -> str:
+        return (f"{self.shards} shard(s) < {self.slots} slots (world_size {self.world_size} x workers "
+                f"{max(1, self.workers)}): every slot reads every shard and keeps its share of samples by index")
+
+
+def train_batches(total: int, world_size: int, batch_size: int, url: str) -> int:
+    """Batches every rank yields in a training pass: full batches only, the same on every rank."""
+    batches = total // (world_size * batch_size)
+    if batches == 0:
+        raise ReaderError(f"{url}: {total} samples < world_size {world_size} x batch_size {batch_size}; "
+                          "no full batch per rank")
+    return batches
+
+
+@dataclass
+class ShardRead:
+    """What reading one shard gave, beside the samples: how many samples its members held (``seen``),
+    how many the manifest promised (``expected``), and why any were lost (``reason``, ``error``)."""
+
+    url: str
+    expected: int | None = None
+    seen: int = 0
+    lost: int = 0
+    reason: str | None = None
+    error: str | None = None
+    unavailable: bool = False  # the storage itself failed (endpoint down), not the data
+
+
+class _Tally:
+    """The member-level view of a shard, fed by webdataset's ``select_files`` hook (called with every
+    member's name before its data is read): which sample each member starts or continues, so every
+    sample is counted once, including those with no selected member and repeated keys, which
+    ``group_by_keys`` would drop or merge (a repeated key raised once per tar member)."""
+
+    def __init__(self, fields: set[str] | None):
+        self.fields = fields
+        self.groups = 0
+        self.key: str | None = None
+        self.suffixes: set[str] = set()
+        self.first: dict[str, int] = {}  # key -> position of its first sample
+        self.dups: list[int] = []
+        self.taken: list[bool] = []  # per sample: did any member pass ``fields``
+
+    def select(self, fname: str) -> bool:
+        # webdataset's base_plus_ext without its regex (this runs once per tar member): the key is
+        # the name up to the first dot after the last slash
+        start = fname.rfind("/") + 1
+        dot = fname.find(".", start)
+        if dot > start:
+            prefix, suffix = fname[:dot], fname[dot + 1:].lower()
+        else:  # no extension, or a dot-file: the regex decides, as in group_by_keys
+            prefix, suffix = base_plus_ext(fname)
+            if prefix is None:
+                return False
+            suffix = suffix.lower()
+        if prefix != self.key or suffix in self.suffixes:  # a new sample (or the same key again)
+            self.key, self.suffixes = prefix, set()
+            self.taken.append(False)
+            if prefix in self.first:
+                self.dups.append(self.groups)
+            else:
+                self.first[prefix] = self.groups
+            self.groups += 1
+        self.suffixes.add(suffix)
+        if self.groups - 1 in self.dups[-1:]:
+            return False  # a repeated key: counted as duplicate_key, never read
+        take = self.fields is None or suffix in self.fields
+        self.taken[-1] = self.taken[-1] or take
+        return take
+
+
+class _Recorder:
+    """A webdataset error handler that records the error and lets the stream continue; the loss it
+    caused is counted per sample at the end of the shard (``raw_samples``)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.errors: list[Exception] = []
 
     def __call__(self, exn: Exception) -> bool:
-        if isinstance(exn, (tarfile.TarError, EOFError)):
-            reason = "truncated_tar"
-        elif isinstance(exn, ValueError) and "duplicate file name" in str(exn):
-            reason = "duplicate_key"
-        else:
-            reason = "unreadable_shard"
-        self.skips[reason] += 1
-        log.warning("skipping (%s): %s", reason, " ".join(str(a) for a in exn.args if isinstance(a, str)))
+        self.errors.append(exn)
         return True
 
+    def outcome(self) -> tuple[str | None, str | None, bool]:
+        """(loss reason, message, storage unavailable) of the first error, if any."""
+        if not self.errors:
+            return None, None, False
+        exn = self.errors[0]
+        if isinstance(exn, (tarfile.TarError, EOFError)):
+            return "truncated_tar", f"{type(exn).__name__}: {_first_arg(exn)}", False
+        err = storage.read_error(self.url, exn)
+        return "unreadable_shard", str(err), isinstance(err, storage.StorageUnavailable)
 
-def raw_samples(url: str, skips: Counter, fields: set[str] | None = None) -> Iterator[tuple[int, dict]]:
+
+def _first_arg(exn: Exception) -> str:
+    return str(exn.args[0]).split(" @ ")[0] if exn.args else type(exn).__name__
+
+
+def raw_samples(url: str, skips: Counter, fields: set[str] | None = None, expected: int | None = None,
+                keep=None, result: ShardRead | None = None) -> Iterator[tuple[int, dict]]:
     """(position in shard, raw sample) for one shard, via webdataset's tar iterators.
 
-    Later samples repeating a key already seen in this shard are counted as ``duplicate_key``.
+    Accounting, per sample (a group of members sharing a key), into ``skips``: a repeated key is
+    ``duplicate_key``; a sample none of whose members is in ``fields`` is ``missing_tags`` (``fields``
+    always holds tags.json); and when the shard holds fewer samples than ``expected`` (the manifest's
+    count) the shortfall is ``truncated_tar`` (the tar broke), ``unreadable_shard`` (it could not be
+    opened or streamed) or ``short_shard`` (it ended early without an error: stream-mode tarfile
+    takes a cut or a damaged header for the end of the archive), logged naming the shard. So yielded
+    samples + these skips = ``expected``; the caller counts its decode failures among the yielded.
+    Without ``expected`` (converter inputs) a broken tar counts once. ``keep(position)`` restricts
+    yields and counts to a slot's share of the shard. ``result`` receives the shard's outcome.
     """
-    handler = CountingHandler(skips)
-    select = None if fields is None else (lambda fname: fname.split(".", 1)[-1].lower() in fields)
-    files = tar_file_expander(url_opener([{"url": url}], handler=handler), handler=handler, select_files=select)
-    seen: set[str] = set()
-    for pos, raw in enumerate(group_by_keys(files, handler=handler)):
-        if raw["__key__"] in seen:
-            skips["duplicate_key"] += 1
-            log.debug("skipping (duplicate_key): %s:%s", url, raw["__key__"])
-            continue
-        seen.add(raw["__key__"])
-        yield pos, raw
+    res = result if result is not None else ShardRead(url)
+    res.url, res.expected = url, expected
+    keep = keep or (lambda _pos: True)
+    tally, handler = _Tally(None if fields is None else set(fields)), _Recorder(url)
+    files = tar_file_expander(url_opener([{"url": url}], handler=handler), handler=handler,
+                              select_files=tally.select)
+    produced: set[int] = set()
+    for raw in group_by_keys(files, handler=handler):
+        pos = tally.first.get(raw["__key__"], tally.groups - 1)
+        produced.add(pos)
+        if keep(pos):
+            yield pos, raw
+    res.seen = tally.groups
+    dups = set(tally.dups)
+    unyielded = [p for p in range(tally.groups) if p not in produced and p not in dups]
+    missing = "missing_tags" if fields is None or "tags.json" in fields else "missing_fields"
+    skips["duplicate_key"] += sum(keep(p) for p in dups)
+    skips[missing] += sum(keep(p) for p in unyielded if not tally.taken[p])
+    reason, message, res.unavailable = handler.outcome()
+    # samples the tar promised but never delivered: cut off by an error, or past an early end
+    broken = [p for p in unyielded if tally.taken[p]]
+    beyond = range(tally.groups, expected) if expected is not None else range(0)
+    if broken or beyond:
+        res.reason = reason or "short_shard"
+        res.lost = sum(keep(p) for p in broken) + sum(keep(p) for p in beyond)
+        res.error = message or f"the tar ended after {tally.groups} of {expected} samples"
+        skips[res.reason] += res.lost
+        log.warning("%s: %d of %s samples missing (%s): %s", url, len(broken) + len(beyond),
+                    expected if expected is not None else "?", res.reason, res.error)
+    elif reason is not None:
+        res.reason, res.error = reason, message
+        if expected is None:
+            skips[reason] += 1
+        log.warning("%s: %s after all %d samples: %s", url, reason, tally.groups, message)
+    if expected is not None and tally.groups > expected:
+        log.warning("%s: holds %d samples, more than the %d its manifest says", url, tally.groups, expected)
+    for reason_ in [r for r, n in skips.items() if n == 0]:
+        del skips[reason_]
 
 
-def iter_samples(shard_url: str, fields: Iterable[str] | None = None,
-                 skips: Counter | None = None) -> Iterator[dict]:
+def iter_samples(shard_url: str, fields: Iterable[str] | None = None, skips: Counter | None = None,
+                 expected: int | None = None, result: ShardRead | None = None) -> Iterator[dict]:
     """Every usable sample of one shard, json/npy decoded, image left as bytes (``image``, ``image_ext``).
 
     ``fields`` limits which tar members are read (e.g. ``["tags.json", "labels.json"]``); bad samples
-    are counted into ``skips`` (a fresh Counter, logged at the end of the shard, when not given).
+    are counted into ``skips`` (a fresh Counter, logged at the end of the shard, when not given);
+    ``expected`` (the manifest's count) turns a short shard into counted skips (``raw_samples``).
     """
     own = skips is None
     skips = Counter() if skips is None else skips
     wanted = None if fields is None else set(fields) | {"tags.json"}
     need_image = wanted is None or bool(wanted & set(IMAGE_EXTS))
-    for _, raw in raw_samples(shard_url, skips, wanted):
+    for _, raw in raw_samples(shard_url, skips, wanted, expected, result=result):
         try:
             yield decode_fields(raw, need_image=need_image)
         except SampleError as exn:
@@ -125,17 +272,43 @@ def iter_samples(shard_url: str, fields: Iterable[str] | None = None,
         log.warning("%s: skipped %s", shard_url, dict(skips))
 
 
+class IncompleteRead(ValueError):
+    """An eval-type pass lost whole samples at shard level; it refuses to publish unless asked for
+    partial output. The message names every shard that fell short and by how much."""
+
+
+def iter_set(manifest: Manifest, fields: Iterable[str] | None = None, skips: Counter | None = None,
+             reads: list[ShardRead] | None = None) -> Iterator[dict]:
+    """``iter_samples`` over every shard of a set in manifest order, each accounted against its
+    manifest count; ``reads`` collects each shard's ``ShardRead`` (for ``check_complete``)."""
+    for entry, url in zip(manifest.shards, manifest.shard_urls()):
+        res = ShardRead(url)
+        yield from iter_samples(url, fields, skips if skips is not None else Counter(), entry.count, res)
+        if reads is not None:
+            reads.append(res)
+
+
+def check_complete(reads: Iterable[ShardRead], what: str, partial: bool = False) -> list[str]:
+    """One line per shard that lost samples; raises ``IncompleteRead`` with them unless ``partial``."""
+    short = [f"{r.url}: {r.lost} of {r.expected} samples lost ({r.reason}: {r.error})" for r in reads if r.lost]
+    if short and not partial:
+        raise IncompleteRead(f"{what}: refusing an incomplete result, {len(short)} shard(s) fell short: "
+                             + "; ".join(short[:3]) + (" ..." if len(short) > 3 else "")
+                             + " (pass --partial to accept it)")
+    return short
+
+
 class _SlotStream(IterableDataset):
     """What one (rank, worker) slot reads; picklable so DataLoader workers can run it."""
 
     def __init__(self, manifest: Manifest, cfg: ReaderConfig, rank: int, world_size: int, epoch: int,
                  train: bool, per_worker_batches: list[int] | None):
         self.urls, self.offsets, self.total = manifest.shard_urls(), manifest.offsets(), manifest.total
+        self.counts = [e.count for e in manifest.shards]
         self.cfg, self.rank, self.world, self.epoch, self.train = cfg, rank, world_size, epoch, train
         self.per_worker_batches = per_worker_batches  # train mode: batches each worker yields
-        self.workers = max(1, cfg.num_workers)
-        self.slots = world_size * self.workers
-        self.by_sample = len(self.urls) < self.slots
+        plan = SlotPlan(len(self.urls), world_size, cfg.num_workers)
+        self.workers, self.slots, self.by_sample = max(1, cfg.num_workers), plan.slots, plan.by_sample
 
     def _passes(self, slot: int) -> Iterator[Iterable[int]]:
         """Shard numbers this slot reads, pass by pass (train repeats its passes until enough batches)."""
@@ -157,14 +330,19 @@ class _SlotStream(IterableDataset):
             yield mine
 
     def _samples(self, slot: int, shards: Iterable[int], skips: Counter, dry: list[int]) -> Iterator[dict]:
-        """Decoded (not image-decoded) samples of ``shards``; ``dry`` counts shard reads with no sample."""
+        """Decoded (not image-decoded) samples of ``shards``; ``dry`` counts shard reads with no sample.
+
+        Every shard read is accounted against its manifest count (``raw_samples``); a storage outage
+        that outlasts the retry budget on consecutive shards stops the pass naming the endpoint."""
+        keep = (lambda pos, off: (off + pos) % self.slots == slot) if self.by_sample else None
+        outage_since, outage_reads = None, 0
         for shard in shards:
             url, offset = self.urls[shard], self.offsets[shard]
             got = False
-            for pos, raw in raw_samples(url, skips):
+            res = ShardRead(url)
+            for pos, raw in raw_samples(url, skips, None, self.counts[shard],
+                                        None if keep is None else (lambda p, o=offset: keep(p, o)), res):
                 index = offset + pos
-                if self.by_sample and index % self.slots != slot:
-                    continue
                 try:
                     s = decode_fields(raw, need_image=not self.cfg.features_only)
                 except SampleError as exn:
@@ -177,10 +355,20 @@ class _SlotStream(IterableDataset):
                 s["index"] = index
                 got = True
                 yield s
+            if res.unavailable:  # every shard in a row, or for longer than the retry budget: an outage
+                outage_since = outage_since or time.monotonic()
+                outage_reads += 1
+                waited = time.monotonic() - outage_since
+                if outage_reads >= len(self.urls) or (outage_reads > 1 and waited >= storage.S3_RETRY_BUDGET_S):
+                    raise ReaderError(f"storage outage: {res.error}; {outage_reads} shard reads in a row failed "
+                                      f"over {waited:.0f} s (slot {slot}, rank {self.rank})")
+            else:
+                outage_since, outage_reads = None, 0
             dry[0] = 0 if got else dry[0] + 1
             if self.train and dry[0] > 2 * len(self.urls) + 8:
+                why = f"; last shard error: {res.error}" if res.error else ""
                 raise ReaderError(f"slot {slot} (rank {self.rank}) found no usable sample in "
-                                  f"{dry[0]} shard reads; skips so far: {dict(skips)}")
+                                  f"{dry[0]} shard reads; skips so far: {dict(skips)}{why}")
 
     def _stream(self, slot: int, skips: Counter) -> Iterator[dict]:
         """Pass after pass, each through its own shuffle buffer: a pass is fully emitted before the
@@ -253,6 +441,11 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def worker_shares(batches: int, workers: int) -> list[int]:
+    """How a rank's DataLoader workers split its ``batches`` (the first ones take one more)."""
+    return [batches // workers + (w < batches % workers) for w in range(workers)]
+
+
 class Loader:
     """Iterate for batches; ``len()`` from the manifest; ``skips`` counts bad samples of the last pass."""
 
@@ -266,43 +459,29 @@ class Loader:
         self.epoch = epoch
         self.skips: Counter = Counter()
         workers = max(1, cfg.num_workers)
-        slots = world_size * workers
-        if len(manifest.shards) < slots:
-            log.info("%s: %d shard(s) < %d slots (world_size %d x workers %d): every slot reads every shard "
-                     "and keeps its share of samples by index", manifest.url, len(manifest.shards), slots,
-                     world_size, workers)
+        plan = SlotPlan(len(manifest.shards), world_size, cfg.num_workers)
+        if plan.by_sample:
+            log.info("%s: %s", manifest.url, plan.describe())
         if train:
-            self.batches = manifest.total // (world_size * cfg.batch_size)
-            if self.batches == 0:
-                raise ReaderError(f"{manifest.url}: {manifest.total} samples < world_size {world_size} x "
-                                  f"batch_size {cfg.batch_size}; no full batch per rank")
-            self.per_worker = [self.batches // workers + (w < self.batches % workers) for w in range(workers)]
+            self.batches = train_batches(manifest.total, world_size, cfg.batch_size, manifest.url)
+            self.per_worker = worker_shares(self.batches, workers)
         else:
             self.per_worker = None
-            self.batches = sum(-(-n // cfg.batch_size) for n in self._eval_counts(slots, workers))
+            self.batches = sum(-(-n // cfg.batch_size) for n in self._eval_counts(plan))
         if cfg.check_sizes:
-            self._check_shards()
+            check_shards(manifest)
 
-    def _eval_counts(self, slots: int, workers: int) -> list[int]:
+    def _eval_counts(self, plan: SlotPlan) -> list[int]:
         counts = [s.count for s in self.manifest.shards]
         out = []
+        slots, workers = plan.slots, max(1, plan.workers)
         for w in range(workers):
             slot = self.rank * workers + w
-            if len(counts) < slots:
+            if plan.by_sample:
                 out.append(len(range(slot, sum(counts), slots)))
             else:
                 out.append(sum(counts[slot::slots]))
         return out
-
-    def _check_shards(self) -> None:
-        for entry, url in zip(self.manifest.shards, self.manifest.shard_urls()):
-            try:
-                n = storage.size(url)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{url}: shard listed in {self.manifest.url} does not exist") from None
-            if n != entry.bytes:
-                raise ManifestError(f"{url}: {n} bytes but {self.manifest.url} says {entry.bytes}; "
-                                    "the shard changed since the manifest was written")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -328,6 +507,15 @@ class Loader:
 
 def make_loader(shard_set: str | Manifest, cfg: ReaderConfig | None = None, rank: int = 0, world_size: int = 1,
                 epoch: int = 0, train: bool = True) -> Loader:
-    """A Loader over a shard set (directory / S3 prefix / manifest URL, or a loaded Manifest)."""
+    """A Loader over a shard set (directory / S3 prefix / manifest URL, or a loaded Manifest), or an
+    ``EmbeddingLoader`` (same batches, features mode) when the URL is an embedding set (shards.embeddings)."""
+    cfg = cfg or ReaderConfig()
+    if not isinstance(shard_set, Manifest):
+        from shards.embeddings import is_embedding_set
+
+        if is_embedding_set(str(shard_set)):
+            from shards.embedding_loader import make_embedding_loader
+
+            return make_embedding_loader(str(shard_set), cfg, rank, world_size, epoch, train, cfg.label_column or None)
     manifest = shard_set if isinstance(shard_set, Manifest) else Manifest.load(str(shard_set))
-    return Loader(manifest, cfg or ReaderConfig(), rank, world_size, epoch, train)
+    return Loader(manifest, cfg, rank, world_size, epoch, train)

@@ -7,6 +7,7 @@ uploaded (multipart when large) from ShardWriter's ``post`` hook, then deleted l
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -71,6 +72,16 @@ class ShardingConfig:
         return ("database",)
 
 
+def _made_dirs(path: str) -> list[Path]:
+    """The directories ``mkdir(parents=True)`` of ``path`` would create, outermost first."""
+    out: list[Path] = []
+    p = Path(path).absolute()
+    while not p.exists():
+        out.append(p)
+        p = p.parent
+    return out[::-1]
+
+
 class ShardSetWriter:
     """One shard set (a directory or S3 prefix): shards via ``wds.ShardWriter``, manifest last."""
 
@@ -86,6 +97,7 @@ class ShardSetWriter:
             storage.remove(f)
         self._tmp = tempfile.mkdtemp(prefix="wsdhq-shards-") if storage.is_s3(self.url) else None
         self._local = self._tmp or self.url
+        self._made = _made_dirs(self._local)  # removed again by abort(): a refused conversion leaves nothing
         Path(self._local).mkdir(parents=True, exist_ok=True)
         self._writer: wds.ShardWriter | None = None
         self.entries: list[ShardEntry] = []
@@ -123,6 +135,9 @@ class ShardSetWriter:
             shutil.rmtree(self._tmp, ignore_errors=True)
         for f in storage.list_files(self.url):
             storage.remove(f)
+        for d in reversed(self._made):
+            with contextlib.suppress(OSError):  # only when empty: never anything that was there before
+                d.rmdir()
 
     def close(self, skipped: Counter | None = None) -> Manifest:
         if self._writer is not None:
@@ -185,6 +200,10 @@ class DatasetWriter:
         else:
             for sw in self.writers.values():
                 sw.abort()
+            made = {d for sw in self.writers.values() for d in sw._made}
+            for d in sorted(made, key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
     def close(self) -> dict[str, Manifest]:
         w = self.writers

@@ -28,13 +28,8 @@ def mirflickr_real() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """A real S3-compatible HTTP server (moto server mode) on 127.0.0.1, reached through boto3 over HTTP.
-
-    Sets dummy credentials and AWS_ENDPOINT_URL for the session so every boto3 client (and pyarrow's
-    from_uri) talks to it; yields the endpoint URL.
-    """
+def start_moto():
+    """(server, endpoint): a moto server on a free loopback port, started; the caller stops it."""
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
@@ -42,7 +37,17 @@ def s3_server():
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    return server, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto server mode) on 127.0.0.1, reached through boto3 over HTTP.
+
+    Sets dummy credentials and AWS_ENDPOINT_URL for the session so every boto3 client (and pyarrow's
+    from_uri) talks to it; yields the endpoint URL.
+    """
+    server, endpoint = start_moto()
     saved = {k: os.environ.get(k) for k in
              ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update({

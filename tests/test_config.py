@@ -66,3 +66,139 @@ def test_bad_override_and_missing_file_are_clear(tmp_path):
     bad.write_text("inner: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(Outer, bad)
+
+
+# ---- range checks: each config's __post_init__, re-rooted at the section's dotted path -------------
+
+@dataclass
+class Ranged:
+    steps: int = 10
+
+    def __post_init__(self):
+        from shards.config_checks import at_least
+
+        at_least(self, "steps", 1)
+
+
+@dataclass
+class Holder:
+    inner: Ranged = field(default_factory=Ranged)
+    extra: list[Ranged] = field(default_factory=list)
+
+
+def test_a_range_check_names_the_field_alone_and_the_full_dotted_key_when_loaded():
+    with pytest.raises(ConfigError, match=r"^steps: must be >= 1, got 0$"):
+        Ranged(steps=0)
+    with pytest.raises(ConfigError, match=r"^inner\.steps: must be >= 1, got 0$"):
+        from_dict(Holder, {"inner": {"steps": 0}})
+    with pytest.raises(ConfigError, match=r"^extra\[1\]\.steps: must be >= 1, got -2$"):
+        from_dict(Holder, {"extra": [{"steps": 3}, {"steps": -2}]})
+
+
+RUN_RANGES = [
+    (["reader.batch_size=0"], "reader.batch_size: must be >= 1, got 0"),
+    (["reader.num_workers=-1"], "reader.num_workers: must be >= 0, got -1"),
+    (["reader.crop_scale=[0.5, 0.2]"],
+     "reader.crop_scale: must be (low, high) with 0 < low <= high <= 1, got (0.5, 0.2)"),
+    (["method.K=0"], "method.K: must be in [1, 256], got 0"),
+    (["method.K=300"], "method.K: must be in [1, 256], got 300"),
+    (["method.embed_dim=8", "method.M=9"],
+     "method.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
+    (["method.code_update_every=0"], "method.code_update_every: must be >= 1, got 0"),
+    (["method.codebook_iters=0"], "method.codebook_iters: must be >= 1, got 0"),
+    (["method.dead_codewords=reseed"], "method.dead_codewords: 'reseed' acts between the ICM+LS rounds of an "
+     "update; with method.codebook_iters=1 there is none: set codebook_iters > 1 or dead_codewords=restore"),
+    (["method.kmeans_sample=100"], "method.kmeans_sample: must be >= method.K (256): k-means needs K rows, got 100"),
+    (["method.icm_sweeps=0"], "method.icm_sweeps: must be >= 1, got 0"),
+    (["method.lambda_q=-0.1"], "method.lambda_q: must be >= 0, got -0.1"),
+    (["method.softmax_gamma=0"], "method.softmax_gamma: must be > 0, got 0.0"),
+    (["training.epochs=0"], "training.epochs: must be >= 1, got 0"),
+    (["training.optim.lr=-1"], "training.optim.lr: must be >= 0, got -1.0"),
+    (["training.optim.momentum=1"], "training.optim.momentum: must be in [0, 1), got 1.0"),
+    (["training.optim.decay=0"], "training.optim.decay: must be in (0, 1], got 0.0"),
+    (["encoder.kind=mlp"], "encoder.in_features: must be set (the length of feat.npy) for encoder.kind 'mlp', got 0"),
+    (["encoder.kind=timm"], "encoder.name: must be set (the model's name) for encoder.kind 'timm'"),
+    (["encoder.dropout=1"], "encoder.dropout: must be in [0, 1), got 1.0"),
+    (["encoder.num_classes=3"], "encoder.num_classes: only method 'dpq' has a classification head; got 3 with "
+     "method.name='wsdhq' (set it to 0)"),
+    (["scaling.num_workers=-1"], "scaling.num_workers: must be >= 0, got -1"),
+    (["scaling.cpus_per_worker=0"], "scaling.cpus_per_worker: must be > 0, got 0.0"),
+    (["scaling.collective_timeout_s=0"], "scaling.collective_timeout_s: must be >= 1, got 0"),
+    (["storage.checkpoint_every=0"], "storage.checkpoint_every: must be >= 1, got 0"),
+    (["storage.keep_checkpoints=0"], "storage.keep_checkpoints: must be >= 1, got 0"),
+    (["storage.name=a/b"], "storage.name: must be a non-empty name without '/', got 'a/b'"),
+    (["failure.max_failures=-2"], "failure.max_failures: must be >= -1, got -2"),
+    (["scaling.num_workers=0", "debug.fail_at_epoch=0"],
+     "debug.fail_rank: must be a rank below 1 (scaling.num_workers=0), got 1"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", RUN_RANGES)
+def test_every_range_of_the_run_config_is_refused_when_it_loads_naming_the_dotted_key(overrides, message):
+    from trainer.run_config import RunConfig
+
+    with pytest.raises(ConfigError) as e:
+        load(RunConfig, None, overrides)
+    assert str(e.value) == message
+
+
+def test_the_edges_of_the_run_config_ranges_are_accepted():
+    from trainer.run_config import RunConfig
+
+    cfg = load(RunConfig, None, ["reader.batch_size=1", "method.K=256", "method.embed_dim=4", "method.M=4",
+                                 "method.codebook_iters=2", "method.dead_codewords=reseed", "training.optim.lr=0",
+                                 "method.name=dpq", "encoder.num_classes=3", "failure.max_failures=-1",
+                                 "method.kmeans_sample=256"])
+    assert (cfg.reader.batch_size, cfg.method.K, cfg.method.M, cfg.encoder.num_classes) == (1, 256, 4, 3)
+    # the progressive quantizer has no block split: more levels than dimensions is allowed
+    assert load(RunConfig, None, ["method.name=dpq", "method.embed_dim=2", "method.M=4"]).method.M == 4
+
+
+@pytest.mark.parametrize("component, overrides, message", [
+    ("encode", ["batch_size=0"], "batch_size: must be >= 1, got 0"),
+    ("encode", ["decoders=-1"], "decoders: must be >= 0, got -1"),
+    ("encode", ["cpus_per_actor=0"], "cpus_per_actor: must be > 0, got 0.0"),
+    ("encode", ["decode_nice=20"], "decode_nice: must be in [0, 19], got 20"),
+    ("evaluate", ["top_k=0"], "top_k: expected a positive integer or 'all', got 0"),
+    ("evaluate", ["top_k=most"], "top_k: expected a positive integer or 'all', got 'most'"),
+    ("evaluate", ["scorings=[aqd, xyz]"], "scorings: unknown 'xyz'; known: aqd, sqd, feature"),
+    ("evaluate", ["headline_convention=half"], "headline_convention: unknown 'half'; known: skip, zero"),
+    ("evaluate", ["search_backend=gpu"], "search_backend: unknown 'gpu'; known: auto, faiss, torch"),
+    ("evaluate", ["precision_at=[10, 0]"], "precision_at: every cut-off must be >= 1, got [10, 0]"),
+    ("evaluate", ["baselines.methods=[pq, sq]"],
+     "baselines.methods: unknown 'sq'; known: pq, opq, residual, lsq, random"),
+    ("evaluate", ["baselines.max_train=0"], "baselines.max_train: must be >= 1, got 0"),
+    ("tags", ["vocab.min_count=0"], "vocab.min_count: must be >= 1, got 0"),
+    ("tags", ["vocab.max_vocab=0"], "vocab.max_vocab: must be >= 1, got 0"),
+    ("tags", ["graph.eps=0"], "graph.eps: must be a cosine distance in (0, 2], got 0.0"),
+    ("tags", ["graph.mix=1.5"], "graph.mix: must be in [0, 1], got 1.5"),
+    ("tags", ["vectors.min_coverage=2"], "vectors.min_coverage: must be in [0, 1], got 2.0"),
+    ("tags", ["normalize.max_tag_length=0"], "normalize.max_tag_length: must be >= 1, got 0"),
+    ("tags", ["num_tasks=-1"], "num_tasks: must be >= 0, got -1"),
+])
+def test_the_encode_evaluate_and_tags_configs_check_their_ranges_when_they_load(component, overrides, message):
+    from eval.encode import EncodeConfig
+    from eval.evaluate import EvaluateConfig
+    from trainer.tags import TagConfig
+
+    cls = {"encode": EncodeConfig, "evaluate": EvaluateConfig, "tags": TagConfig}[component]
+    with pytest.raises(ConfigError) as e:
+        load(cls, None, overrides)
+    assert str(e.value) == message
+    load(cls)  # the defaults pass their own checks
+
+
+@pytest.mark.parametrize("module, argv, line", [
+    ("eval.encode", ["--checkpoint", "c", "--shards", "s", "--out", "o", "batch_size=0"],
+     "encode: error: batch_size: must be >= 1, got 0"),
+    ("eval.evaluate", ["--query", "q", "--database", "d", "--out", "o", "top_k=0"],
+     "evaluate: error: top_k: expected a positive integer or 'all', got 0"),
+    ("trainer.tags.__main__", ["build", "--shards", "s", "--out", "o", "graph.eps=0"],
+     "error: graph.eps: must be a cosine distance in (0, 2], got 0.0"),
+])
+def test_the_clis_print_the_range_error_as_one_line_and_exit_2_before_reading_anything(module, argv, line,
+                                                                                       capsys):
+    import importlib
+
+    assert importlib.import_module(module).main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"

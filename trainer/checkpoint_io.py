@@ -1,14 +1,16 @@
 """Inference checkpoints: what ``eval.encode`` needs to turn images into codes, nothing more.
 
 A checkpoint directory (local path or s3:// prefix, through ``shards.storage``) holds ``model.pt`` (encoder state dict,
-``torch.save``), ``quantizer.npz`` (``Quantizer.save``), ``icm_weights.npy`` (the tag directions ICM
-measures errors along; additive quantizers only) and ``meta.json``. Loading never unpickles:
-``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``.
+``torch.save``), ``quantizer.npz`` (``Quantizer.save``: codebooks and everything ``encode`` depends
+on, the additive quantizer's metric V̄ included) and ``meta.json``. Loading never unpickles:
+``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``. Checkpoints written before
+the quantizer saved its metric carry it as ``icm_weights.npy``; loading still reads it.
 """
 from __future__ import annotations
 
 import io
 import json
+import pickle
 
 import numpy as np
 import torch
@@ -24,10 +26,8 @@ class InferenceModel:
     """encoder (eval mode) + quantizer: ``embed(x)`` gives the vectors the codes quantize (and the
     query side of AQD scoring), ``encode(x)`` gives uint8 codes (N, M)."""
 
-    def __init__(self, encoder: nn.Module, quantizer, space: str, icm_weights: torch.Tensor | None,
-                 meta: dict):
-        self.encoder, self.quantizer, self.space, self.icm_weights, self.meta = (
-            encoder, quantizer, space, icm_weights, meta)
+    def __init__(self, encoder: nn.Module, quantizer, space: str, meta: dict):
+        self.encoder, self.quantizer, self.space, self.meta = encoder, quantizer, space, meta
 
     @property
     def image_size(self) -> int | None:
@@ -46,14 +46,9 @@ class InferenceModel:
 
     @torch.no_grad()
     def encode_embeddings(self, e: torch.Tensor) -> torch.Tensor:
-        """Codes of vectors already returned by ``embed`` (saves a second forward pass)."""
-        q = self.quantizer
-        if q.kind == "additive":
-            # fixed generator: the same image always gets the same ICM codes
-            dev = q.codebooks.device
-            W = None if self.icm_weights is None else self.icm_weights.to(dev)
-            return q.encode(e.to(dev), W, generator=torch.Generator().manual_seed(0))
-        return q.encode(e)
+        """Codes of vectors already returned by ``embed`` (saves a second forward pass); the
+        quantizer's own ``encode``, whatever its kind (the same vector always gets the same code)."""
+        return self.quantizer.encode(e.to(self.quantizer.codebooks.device))
 
 
 def _write(dir_url: str, name: str, data: bytes) -> None:
@@ -79,18 +74,13 @@ def save_inference(dir_url: str, method, meta: dict, image_size: int | None = No
     full = {"method": method.cfg.name, "method_config": to_dict(method.cfg),
             "encoder_config": to_dict(method.encoder_cfg), "embed_dim": method.cfg.embed_dim,
             "code_bits": int(q.M * np.log2(q.K)), "M": q.M, "K": q.K, "quantizer_kind": q.kind,
-            "quantized": method.quantized_space, "icm_weights": None, "image_size": image_size, **meta}
+            "quantized": method.quantized_space, "image_size": image_size, **meta}
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}, buf)
     _write(dir_url, "model.pt", buf.getvalue())
     buf = io.BytesIO()
     q.save(buf)
     _write(dir_url, "quantizer.npz", buf.getvalue())
-    if method.icm_weights is not None:
-        buf = io.BytesIO()
-        np.save(buf, method.icm_weights.detach().cpu().numpy().astype(np.float32))
-        _write(dir_url, "icm_weights.npy", buf.getvalue())
-        full["icm_weights"] = "icm_weights.npy"
     _write(dir_url, "meta.json", json.dumps(full, indent=1, sort_keys=True).encode())
     return full
 
@@ -112,17 +102,30 @@ def load_inference(dir_url: str, device: str | torch.device = "cpu") -> Inferenc
     encoder = build_encoder(enc_cfg, meta["embed_dim"])
     try:
         state = torch.load(io.BytesIO(_read(dir_url, "model.pt")), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        # a file that is not a plain weights-only state dict (pickled code, a truncated or foreign
+        # file): one line, never torch's advice to retry with weights_only=False
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {dir_url}: model.pt is not a weights-only torch state dict, refused "
+                         f"unread ({type(e).__name__}: {first[:160]})") from None
+    try:
         encoder.load_state_dict(state)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"checkpoint {dir_url}: model.pt does not fit the encoder in meta.json ({e})") from None
     encoder.to(device).eval()
-    quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    try:
+        quantizer = load_quantizer(io.BytesIO(_read(dir_url, "quantizer.npz")))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - np.load raises ValueError, OSError, BadZipFile, KeyError
+        raise ValueError(f"checkpoint {dir_url}: quantizer.npz unreadable ({type(e).__name__})") from None
     if not getattr(quantizer, "is_trained", True):
         raise ValueError(f"checkpoint {dir_url}: its codebooks were never fitted (a run saved before its "
                          "first codebook update); retrain it with this version, which always ends with one")
-    weights = None
-    if meta.get("icm_weights"):
-        weights = torch.from_numpy(np.load(io.BytesIO(_read(dir_url, meta["icm_weights"])), allow_pickle=False))
-    if hasattr(quantizer, "to") and isinstance(quantizer, nn.Module):
-        quantizer.to(device).eval()
-    return InferenceModel(encoder, quantizer, meta["quantized"], weights, meta)
+    if meta.get("icm_weights") and getattr(quantizer, "weights", False) is None:  # an older checkpoint
+        quantizer.weights = torch.from_numpy(np.load(io.BytesIO(_read(dir_url, meta["icm_weights"])),
+                                                     allow_pickle=False)).float()
+    quantizer.to(device)
+    if isinstance(quantizer, nn.Module):
+        quantizer.eval()
+    return InferenceModel(encoder, quantizer, meta["quantized"], meta)

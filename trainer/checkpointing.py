@@ -12,11 +12,19 @@ again. Layout:
 - ``metrics.json``: the cumulative per-epoch metrics (Ray Train V2 keeps no free-floating metrics).
 - ``deepspeed/``: the DeepSpeed engine's own checkpoint (ZeRO shards, one file set per rank) when
   training with DeepSpeed; in that case the optimizer and encoder live there, not in train_state.pt.
+
+Ray Train's local mode (``scaling.num_workers=0``) persists nothing it is handed, so there the loop
+writes the same directory to ``<storage.path>/<storage.name>/checkpoint_local_e<epoch>/`` itself
+(``local_checkpoint_dir``: in place on local storage, so a SIGKILL leaves no temp dir; through a
+temp dir uploaded by ``persist`` on S3), a ``.complete`` marker last, and a re-run with the same
+name resumes from the newest complete one (``latest_persisted``), as a Ray run resumes from Ray's copy.
 """
 from __future__ import annotations
 
 import json
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,3 +115,70 @@ def load(directory: str | Path) -> Loaded:
     return Loaded(state=state, method_state=raw["method"], optimizer=raw["optimizer"],
                   scheduler=raw["scheduler"], tag_semantics_hash=meta["tag_semantics_hash"],
                   config=meta["config"])
+
+
+LOCAL_PREFIX = "checkpoint_local_e"
+COMPLETE = ".complete"
+
+
+def local_checkpoint_dir(run_url: str, epoch: int) -> Path:
+    """Where local mode writes a checkpoint: its final place on local storage, a temp dir for S3."""
+    from shards import storage
+
+    if storage.is_s3(run_url):
+        return Path(tempfile.mkdtemp(prefix=f"wsdhq-ckpt-e{epoch}-"))
+    target = Path(storage.join(run_url, f"{LOCAL_PREFIX}{epoch:06d}"))
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete one a killed run left
+    target.mkdir(parents=True)
+    return target
+
+
+def persist(directory: str | Path, run_url: str, epoch: int, keep: int | None = None) -> str:
+    """Complete a local-mode checkpoint: upload ``directory`` to ``<run_url>/checkpoint_local_e<epoch>/``
+    unless it is already there, write the marker last, keep the ``keep`` newest complete ones (and
+    drop incomplete ones a killed run left). Returns the checkpoint's URL."""
+    from shards import storage
+
+    target = storage.join(run_url, f"{LOCAL_PREFIX}{epoch:06d}")
+    root = Path(directory)
+    if str(root) != target:
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            storage.upload_file(f, storage.join(target, *f.relative_to(root).parts))
+        shutil.rmtree(root, ignore_errors=True)
+    storage.write_bytes(storage.join(target, COMPLETE), b"")
+    complete = _persisted(run_url)
+    kept = set(complete[-keep:] if keep else complete)
+    for old in {storage.parent(f) for f in storage.list_files(run_url)
+                if storage.parent(f).rstrip("/").rsplit("/", 1)[-1].startswith(LOCAL_PREFIX)} - kept:
+        for f in storage.list_files(old):
+            storage.remove(f)
+        storage.remove(old)
+    return target
+
+
+def _persisted(run_url: str) -> list[str]:
+    """Complete local-mode checkpoints under ``run_url``, oldest first."""
+    from shards import storage
+
+    done = {storage.parent(f) for f in storage.list_files(run_url) if f.endswith("/" + COMPLETE)
+            and storage.parent(f).rstrip("/").rsplit("/", 1)[-1].startswith(LOCAL_PREFIX)}
+    return sorted(done)
+
+
+def latest_persisted(run_url: str) -> str | None:
+    found = _persisted(run_url)
+    return found[-1] if found else None
+
+
+def load_persisted(url: str) -> "Loaded":
+    """``load`` a checkpoint copy from storage (through a temporary local directory, removed after)."""
+    from shards import storage
+
+    tmp = Path(tempfile.mkdtemp(prefix="wsdhq-resume-"))
+    try:
+        for f in storage.list_files(url):
+            rel = f[len(url.rstrip("/")) + 1:]
+            storage.download_file(f, tmp / rel)
+        return load(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

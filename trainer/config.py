@@ -3,7 +3,8 @@
 Each component declares its own nested ``Config`` dataclass next to the code that uses it; a run is
 one tree of them. This module only knows how to turn plain data (YAML, ``a.b=3`` overrides) into such
 a tree, refusing unknown keys and wrong types with one error that names the key, before any work
-starts.
+starts. Range checks live in each config's ``__post_init__`` (``shards.config_checks``); an error
+they raise is re-rooted here at the section's dotted path (``reader.batch_size: must be >= 1``).
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from shards.config_checks import ConfigError
+
+__all__ = ["ConfigError", "apply_override", "from_dict", "load", "to_dict"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration a user wrote is wrong; the message names the key."""
 
 
 def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
@@ -39,7 +40,10 @@ def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{path}.{name}" if path else name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # the config's own range checks name the field; add the section
+        raise e.under(path) from None
 
 
 def to_dict(obj: Any) -> Any:

@@ -45,7 +45,6 @@ class WorkerRun:
     engine: Any               # the DeepSpeed engine, or None
     supervision: Any          # turns a batch's raw tags (or labels) into (B, T) targets
     tag_semantics_hash: str
-    local_checkpoint: Path | None = None  # local mode: Ray keeps pointing at our directory
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -146,7 +145,10 @@ class Supervision:
         from shards.manifest import Manifest
         from trainer.methods import LABEL_EMBED_DIM, label_embeddings
 
-        names = Manifest.load(cfg.data.train).label_names
+        from shards.embeddings import is_embedding_set, open_embedding_set
+
+        names = (open_embedding_set(cfg.data.train, cfg.reader.label_column or None).label_names
+                 if is_embedding_set(cfg.data.train) else Manifest.load(cfg.data.train).label_names)
         if not names:
             raise ValueError(f"method.name=dpq needs labels; the manifest at {cfg.data.train} has none")
         dim = cfg.method.embed_dim or LABEL_EMBED_DIM
@@ -196,20 +198,48 @@ def resume(run: WorkerRun) -> TrainState | None:
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and run.cfg.scaling.num_workers == 0 and run.engine is None:
+        return _resume_local(run)
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
         loaded = checkpointing.load(d)
-        if loaded.tag_semantics_hash != run.tag_semantics_hash:
-            raise ValueError(
-                f"resuming run {run.cfg.storage.name!r}: its checkpoint was trained with tag semantics "
-                f"{loaded.tag_semantics_hash} but data.tags ({run.cfg.data.tags}) has hash "
-                f"{run.tag_semantics_hash}; use a new storage.name for a new run")
+        _check_tags(run, loaded)
         run.method.load_state_dict(loaded.method_state)
         if run.engine is not None:
             run.engine.load_checkpoint(str(Path(d) / checkpointing.DEEPSPEED_DIR))
         else:
             run.optimizer.load_state_dict(loaded.optimizer)
+    return _restore(run, loaded)
+
+
+def _resume_local(run: WorkerRun) -> TrainState | None:
+    """Local mode: the newest checkpoint this run persisted itself under storage (``save_and_report``)."""
+    url = checkpointing.latest_persisted(_run_url(run))
+    if url is None:
+        return None
+    loaded = checkpointing.load_persisted(url)
+    _check_tags(run, loaded)
+    run.method.load_state_dict(loaded.method_state)
+    run.optimizer.load_state_dict(loaded.optimizer)
+    return _restore(run, loaded)
+
+
+def _run_url(run: WorkerRun) -> str:
+    from shards import storage
+
+    return storage.join(run.cfg.storage.path, run.cfg.storage.name)
+
+
+def _check_tags(run: WorkerRun, loaded) -> None:
+    if loaded.tag_semantics_hash != run.tag_semantics_hash:
+        raise ValueError(
+            f"resuming run {run.cfg.storage.name!r}: its checkpoint was trained with tag semantics "
+            f"{loaded.tag_semantics_hash} but data.tags ({run.cfg.data.tags}) has hash "
+            f"{run.tag_semantics_hash}; use a new storage.name for a new run")
+
+
+def _restore(run: WorkerRun, loaded) -> TrainState:
     state = loaded.state
     if len(state.rng) == run.world_size:
         checkpointing.set_rng_state(state.rng[run.rank]["global"])
@@ -250,6 +280,9 @@ def train_epoch(run: WorkerRun, state: TrainState, epoch: int) -> tuple[dict[str
             sums[k] += v
         state.step += 1
     clock.stop()
+    for _ in it:  # past the last batch come the DataLoader workers' counts of the samples they skipped
+        pass
+    clock.skips = dict(data.skips)
     return {k: v / max(n_batches, 1) for k, v in sums.items()}, clock
 
 
@@ -258,12 +291,9 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
 
     The rank's embeddings go to the method as one batch and the ICM generator is seeded from
     (seed, epoch) on every rank, so every sample is coded with the same block order whatever the
-    world size. The all-reduced statistics also give the update's quality for free: live codewords
-    per codebook (diagonal of G) and the mean squared quantization error ‖X − HC‖²/n with the new C.
+    world size. The method reports the update's quality: live codewords per codebook and the mean
+    squared quantization error of the gathered sample coded afresh with the new codebooks.
     """
-    from trainer.losses import reading_target
-    from trainer.quantizers import CodebookStatistics
-
     started = time.perf_counter()
     method = run.method
     feats, index = [], []
@@ -276,33 +306,19 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     order = torch.argsort(idx)
     x, idx = x[order], idx[order]
     embedded = time.perf_counter()
-    reduced: dict[str, torch.Tensor] = {}
-
-    def reduce(flat: torch.Tensor) -> torch.Tensor:
-        reduced["stats"] = dist.all_reduce_sum(flat.to(torch.float64))
-        return reduced["stats"]
 
     def gather_sample(sample: torch.Tensor) -> torch.Tensor:
         return dist.gather_rows(sample, idx[: len(sample)])[0]
 
     method.generator.manual_seed(run.cfg.method.seed * 1_000_003 + epoch)
-    info = method.codebook_update([x], reduce=reduce, gather_sample=gather_sample)
-    seconds = dist.all_reduce_max(time.perf_counter() - started)
-    embed_seconds = dist.all_reduce_max(embedded - started)
-    if method.progressive:  # a one-off residual k-means start: no statistics were reduced
-        return {"codebook_update_seconds": seconds, "codebook_embed_seconds": embed_seconds,
-                "codebook_samples": int(info["samples"])}
-
-    q = method.quantizer
-    stats = CodebookStatistics.from_flat(reduced["stats"].cpu(), q.M, q.K, q.D)
-    t = reading_target(x, method.cfg.quant_reading).to(torch.float64)
-    sxx = dist.all_reduce_sum(torch.tensor([(t * t).sum().item()], dtype=torch.float64)).item()
-    C = q.codebooks.reshape(q.M * q.K, q.D).to(torch.float64).cpu()
-    sq_err = sxx - 2 * (C * stats.R).sum().item() + (C * (stats.G @ C)).sum().item()
-    live = (stats.counts(q.M) > 0).sum(1).tolist()
-    return {"codebook_update_seconds": seconds, "codebook_embed_seconds": embed_seconds,
-            "quantization_error": sq_err / max(int(stats.n), 1),
-            "live_codewords": [int(v) for v in live], "codebook_samples": int(info["samples"])}
+    info = method.codebook_update([x], reduce=lambda flat: dist.all_reduce_sum(flat.to(torch.float64)),
+                                  gather_sample=gather_sample)
+    out = {"codebook_update_seconds": dist.all_reduce_max(time.perf_counter() - started),
+           "codebook_embed_seconds": dist.all_reduce_max(embedded - started),
+           "codebook_samples": int(info["samples"])}
+    if not method.progressive:  # a progressive k-means start has no least-squares solve to judge
+        out.update(quantization_error=info["quantization_error"], live_codewords=info["live_codewords"])
+    return out
 
 
 def epoch_record(run: WorkerRun, state: TrainState, epoch: int, terms: dict[str, float],
@@ -312,12 +328,17 @@ def epoch_record(run: WorkerRun, state: TrainState, epoch: int, terms: dict[str,
     mean = dist.all_reduce_mean({**{f"loss/{k}": v for k, v in terms.items()},
                                  "data_wait_fraction": timing["data_wait_fraction"]})
     samples = dist.all_reduce_sum(torch.tensor([clock.samples], dtype=torch.float64)).item()
+    skips: dict[str, int] = defaultdict(int)  # bad samples the training pass met, by reason, all ranks
+    for rank_skips in dist.all_gather_object(clock.skips):
+        for reason, n in rank_skips.items():
+            skips[reason] += n
     seconds = dist.all_reduce_max(timing["epoch_seconds"])
     previous = state.metrics[-1] if state.metrics else {}
     record = {"epoch": epoch, "epochs": run.cfg.training.epochs, "step": state.step,
               "loss": mean.pop("loss/total", float("nan")), **mean,
               "samples": int(samples), "epoch_seconds": seconds, "samples_per_s": samples / seconds,
               "world_size": run.world_size, "codebook_update_seconds": 0.0, "codebook_embed_seconds": 0.0,
+              "skipped": sum(skips.values()), "skips": dict(sorted(skips.items())),
               # codebook quality is measured at updates; between them the codebooks do not change
               "quantization_error": previous.get("quantization_error"),
               "live_codewords": previous.get("live_codewords")}
@@ -333,13 +354,15 @@ def save_and_report(run: WorkerRun, state: TrainState, record: dict[str, Any]) -
     import ray.train
 
     every = run.cfg.storage.checkpoint_every
+    local = run.cfg.scaling.num_workers == 0
     checkpoint = state.epoch % every == 0 or state.epoch == run.cfg.training.epochs
     directory = None
     if checkpoint:
         state.rng = dist.all_gather_object({"global": checkpointing.rng_state(),
                                             "icm": run.method.generator.get_state()})
     if checkpoint and (run.rank == 0 or run.engine is not None):
-        directory = Path(tempfile.mkdtemp(prefix=f"wsdhq-ckpt-e{state.epoch}-r{run.rank}-"))
+        directory = (checkpointing.local_checkpoint_dir(_run_url(run), state.epoch) if local
+                     else Path(tempfile.mkdtemp(prefix=f"wsdhq-ckpt-e{state.epoch}-r{run.rank}-")))
         if run.engine is not None:  # collective: every rank writes its ZeRO shard
             run.engine.save_checkpoint(str(directory / checkpointing.DEEPSPEED_DIR), tag=f"epoch{state.epoch}")
         if run.rank == 0:
@@ -348,16 +371,12 @@ def save_and_report(run: WorkerRun, state: TrainState, record: dict[str, Any]) -
                                scheduler=None, config=to_dict(run.cfg),
                                tag_semantics_hash=run.tag_semantics_hash)
     scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
+    if directory is not None and local:  # Ray's local mode persists nothing: copy it to storage ourselves
+        checkpointing.persist(directory, _run_url(run), state.epoch, run.cfg.storage.keep_checkpoints)
     ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(directory))
-                     if directory else None)
-    if directory is None:
-        return
-    if run.cfg.scaling.num_workers > 0:
+                     if directory is not None and not local else None)
+    if directory is not None and not local:
         shutil.rmtree(directory, ignore_errors=True)  # uploaded synchronously by report
-    else:  # local mode persists nothing: the result refers to the latest directory, drop the older
-        if run.local_checkpoint is not None:
-            shutil.rmtree(run.local_checkpoint, ignore_errors=True)
-        run.local_checkpoint = directory
 
 
 def write_final(run: WorkerRun, state: TrainState) -> None:

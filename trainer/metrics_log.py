@@ -26,6 +26,7 @@ class EpochClock:
     samples: int = 0
     _mark: float = 0.0
     end: float | None = None  # set by ``stop``: the codebook update after the pass is not the epoch's
+    skips: dict[str, int] = field(default_factory=dict)  # bad samples the pass skipped, by reason (the loader's)
 
     def before_fetch(self) -> None:
         self._mark = time.perf_counter()
@@ -44,7 +45,8 @@ class EpochClock:
 
 
 def format_line(m: dict) -> str:
-    """``epoch 3/10 step 120 loss 0.41 (semantic 0.40 quant 0.01) qerr 0.02 live 256,250 ...``."""
+    """``epoch 3/10 step 120 loss 0.41 (semantic 0.40 quant 0.01) qerr 0.02 live 256,250 ...``; bad
+    samples the pass skipped, when there were any: ``skipped 3 (missing_feat 2, undecodable_image 1)``."""
     terms = " ".join(f"{k[len('loss/'):]} {m[k]:.4g}" for k in sorted(m) if k.startswith("loss/"))
     parts = [f"epoch {m['epoch'] + 1}/{m['epochs']}", f"step {m['step']}", f"loss {m['loss']:.4g}"]
     if terms:
@@ -54,6 +56,8 @@ def format_line(m: dict) -> str:
     if m.get("live_codewords"):
         parts.append("live " + ",".join(str(v) for v in m["live_codewords"]))
     parts.append(f"{m['samples_per_s']:.0f} samples/s")
+    if m.get("skipped"):
+        parts.append(f"skipped {m['skipped']} (" + ", ".join(f"{k} {v}" for k, v in m["skips"].items()) + ")")
     parts.append(f"data-wait {100 * m['data_wait_fraction']:.0f}%")
     if m.get("codebook_update_seconds"):
         parts.append(f"codebook update {m['codebook_update_seconds']:.2f}s")

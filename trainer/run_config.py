@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from shards.config_checks import above, at_least, require
 from shards.reader import ReaderConfig
 from trainer.encoders import EncoderConfig
 from trainer.methods import MethodConfig, OptimConfig
@@ -31,6 +32,12 @@ class ScalingConfig:
     collective_timeout_s: int = 1800      # torch.distributed + Ray Train report barrier; finite
     worker_env: dict[str, str] = field(default_factory=dict)  # e.g. GLOO_SOCKET_IFNAME, NCCL_DEBUG
 
+    def __post_init__(self):
+        at_least(self, "num_workers", 0)
+        above(self, "cpus_per_worker", 0)
+        above(self, "gpus_per_worker", 0)
+        at_least(self, "collective_timeout_s", 1)
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -45,6 +52,9 @@ class TrainingConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
+    def __post_init__(self):
+        at_least(self, "epochs", 1)
+
 
 @dataclass
 class StorageConfig:
@@ -57,10 +67,19 @@ class StorageConfig:
     # epoch is shorter than writing one (a recovery then repeats up to checkpoint_every - 1 epochs).
     checkpoint_every: int = 1
 
+    def __post_init__(self):
+        require(bool(self.name) and "/" not in self.name, "name",
+                f"must be a non-empty name without '/', got {self.name!r}")
+        at_least(self, "keep_checkpoints", 1)
+        at_least(self, "checkpoint_every", 1)
+
 
 @dataclass
 class FailureConfig:
-    max_failures: int = 1                 # worker-group restarts from the last checkpoint
+    max_failures: int = 1                 # worker-group restarts from the last checkpoint; -1: no limit
+
+    def __post_init__(self):
+        at_least(self, "max_failures", -1)
 
 
 @dataclass
@@ -69,6 +88,10 @@ class DebugConfig:
 
     fail_at_epoch: Optional[int] = None
     fail_rank: int = 1
+
+    def __post_init__(self):
+        at_least(self, "fail_at_epoch", 0, optional=True)
+        at_least(self, "fail_rank", 0)
 
 
 @dataclass
@@ -82,3 +105,14 @@ class RunConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     failure: FailureConfig = field(default_factory=FailureConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self):
+        """Checks across sections (each section checked its own ranges when it was built)."""
+        if self.debug.fail_at_epoch is not None:
+            ranks = max(1, self.scaling.num_workers)
+            require(self.debug.fail_rank < ranks, "debug.fail_rank",
+                    f"must be a rank below {ranks} (scaling.num_workers={self.scaling.num_workers}), "
+                    f"got {self.debug.fail_rank}")
+        require(self.encoder.num_classes == 0 or self.method.name == "dpq", "encoder.num_classes",
+                f"only method 'dpq' has a classification head; got {self.encoder.num_classes} with "
+                f"method.name={self.method.name!r} (set it to 0)")

@@ -31,37 +31,46 @@ def resolve_storage(path: str) -> str:
 
 
 def preflight(cfg: RunConfig) -> dict:
-    """Check what the workers will read, on the driver; returns facts the summary prints."""
+    """Check what the workers will read, on the driver; returns facts the summary prints. (The
+    config's own ranges were checked when it was loaded: each section's ``__post_init__``.)"""
     from shards import storage
-    from shards.manifest import Manifest
+    from shards.manifest import Manifest, check_shards
+    from shards.reader import ReaderError, SlotPlan, train_batches
+    from trainer.quantizers.kmeans import require_faiss
     from trainer.tags import TagSemantics
 
     if not cfg.data.train:
         raise ConfigError("data.train: no training shard set given")
     if not cfg.data.tags:
         raise ConfigError("data.tags: no tag semantics artifact given (python -m trainer.tags build ...)")
-    if cfg.training.epochs < 1:
-        raise ConfigError(f"training.epochs: must be >= 1, got {cfg.training.epochs}")
-    if cfg.scaling.num_workers < 0:
-        raise ConfigError(f"scaling.num_workers: must be >= 0, got {cfg.scaling.num_workers}")
-    if cfg.storage.checkpoint_every < 1:
-        raise ConfigError(f"storage.checkpoint_every: must be >= 1, got {cfg.storage.checkpoint_every}")
+    embeddings = _embedding_set(cfg)
     try:
-        manifest = Manifest.load(cfg.data.train)
+        manifest = embeddings or Manifest.load(cfg.data.train)
     except (OSError, ValueError) as e:
         raise InputError(f"data.train: cannot read the training manifest at {cfg.data.train}: {e}") from None
     if manifest.total == 0:
         raise InputError(f"data.train: the training set at {cfg.data.train} is empty (0 samples)")
+    try:  # a missing or changed shard: one line here, not a traceback from every worker
+        if embeddings is None:  # an embedding set was validated part by part already
+            check_shards(manifest)
+    except (OSError, ValueError) as e:
+        raise InputError(f"data.train: {e}") from None
     kmeans = cfg.method.name == "wsdhq" or (cfg.method.progressive_init == "kmeans" or (
         cfg.method.progressive_init == "auto" and cfg.method.name == "wsdhq_progressive"))
+    if kmeans:
+        try:
+            require_faiss()
+        except ImportError as e:
+            raise ConfigError(f"method.name={cfg.method.name}: {e}") from None
     if kmeans and manifest.total < cfg.method.K:
         raise InputError(f"method.K={cfg.method.K} but data.train has only {manifest.total} samples: the codebooks "
                          f"start from k-means, which needs at least K samples; use a smaller method.K or more data")
     workers = max(1, cfg.scaling.num_workers)
-    if len(manifest.shards) < workers:
-        raise InputError(
-            f"scaling.num_workers={workers} but data.train has only {len(manifest.shards)} shard(s): "
-            f"every worker streams its own shards; re-shard with smaller shards or use fewer workers")
+    plan = SlotPlan(len(manifest.shards), workers, cfg.reader.num_workers)  # the reader's own rule
+    try:
+        train_batches(manifest.total, workers, cfg.reader.batch_size, cfg.data.train)
+    except ReaderError as e:
+        raise InputError(f"reader.batch_size={cfg.reader.batch_size}: {e}") from None
     try:
         tags = TagSemantics.load(cfg.data.tags)
     except (OSError, ValueError) as e:
@@ -82,7 +91,27 @@ def preflight(cfg: RunConfig) -> dict:
             raise ConfigError("training.engine=deepspeed but deepspeed is not installed "
                               "(pip install 'wsdhq[deepspeed]')") from None
     return {"train_samples": manifest.total, "train_shards": len(manifest.shards),
-            "tags": len(tags.names), "tag_semantics_hash": tags.hash}
+            "tags": len(tags.names), "tag_semantics_hash": tags.hash,
+            "slot_plan": plan.describe() if plan.by_sample else None}
+
+
+def _embedding_set(cfg: RunConfig):
+    """data.train as a validated embedding set (shards.embeddings), or None for a shard set. Validation
+    reads every part's npy header and parquet footer, so a bad set fails here, naming the file."""
+    from types import SimpleNamespace
+
+    from shards.embeddings import EmbeddingSetError, is_embedding_set, open_embedding_set
+
+    try:
+        if not is_embedding_set(cfg.data.train):
+            return None
+        es = open_embedding_set(cfg.data.train, cfg.reader.label_column or None)
+    except (OSError, EmbeddingSetError) as e:
+        raise InputError(f"data.train: {e}") from None
+    if cfg.encoder.kind != "mlp" or cfg.encoder.in_features != es.dim:
+        raise ConfigError(f"data.train is an embedding set of dim {es.dim}: it trains encoder.kind=mlp with "
+                          f"encoder.in_features={es.dim} (got {cfg.encoder.kind}, {cfg.encoder.in_features})")
+    return SimpleNamespace(total=len(es), shards=es.parts)
 
 
 def _storage(path: str):
@@ -148,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wsdhq train: {facts['train_samples']} samples in {facts['train_shards']} shards, "
           f"{facts['tags']} tag units, {max(1, cfg.scaling.num_workers)} worker(s), run "
           f"{resolve_storage(cfg.storage.path)}/{cfg.storage.name}", flush=True)
+    if facts["slot_plan"]:
+        print(f"wsdhq train: {facts['slot_plan']}", flush=True)
     import ray.train
 
     try:
@@ -155,12 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     except ray.train.TrainingFailedError as e:  # out of retries: the workers' error, once
         print(f"wsdhq train: training failed: {e}", file=sys.stderr)
         return 1
-    with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / "metrics.json").read_text())
-    last = history[-1]
     from shards import storage
 
     final = storage.join(resolve_storage(cfg.storage.path), cfg.storage.name, "final")
+    history = json.loads(storage.read_bytes(storage.join(final, "metrics.json")))  # local mode reports none
+    last = history[-1]
     print(f"wsdhq train: done, {len(history)} epochs, final loss {last['loss']:.4g}; "
           f"inference checkpoint and training_curves.png in {final}")
     return 0

@@ -270,6 +270,13 @@ def _ensure_corpus(work: str, n: int, vocab: int, results: Path) -> str:
     return corpus
 
 
+def build_tags(shards: str, out: str) -> None:
+    """The tag semantics artifact the train points use (configs/tags_demo.yaml over ``shards``)."""
+    subprocess.run([sys.executable, "-m", "trainer.tags", "build", "--shards", shards, "--out", out,
+                    "--config", "configs/tags_demo.yaml", "num_tasks=0"], check=True,
+                   capture_output=True, cwd=Path(__file__).resolve().parents[2])
+
+
 def measure(a: argparse.Namespace) -> None:
     results, V = Path(a.results), CorpusConfig().vocab
     Path(a.work).mkdir(parents=True, exist_ok=True)
@@ -298,10 +305,7 @@ def measure(a: argparse.Namespace) -> None:
         elif stage == "train":
             tags = str(Path(a.work) / "tags")
             if not Path(tags, "semantics.json").is_file():
-                src = _ensure_corpus(a.work, min(a.train_ns), V, results)
-                subprocess.run([sys.executable, "-m", "trainer.tags", "build", "--shards", src, "--out", tags,
-                                "--config", "configs/tags_demo.yaml", "num_tasks=0"], check=True,
-                               capture_output=True, cwd=Path(__file__).resolve().parents[2])
+                build_tags(_ensure_corpus(a.work, min(a.train_ns), V, results), tags)
             for n in a.train_ns:
                 corpus = _ensure_corpus(a.work, n, V, results)
                 for w in a.train_workers:

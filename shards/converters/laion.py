@@ -5,6 +5,9 @@ string) when present. Otherwise they are derived from the caption by this rule (
 lowercase; split into words on anything that is not a letter or digit; drop stopwords (a built-in
 English list or ``--stopwords FILE``), words shorter than ``min_word_length`` and pure numbers;
 keep the first ``max_tags`` distinct words in caption order. The caption is kept as ``txt``.
+Labels (for evaluation) come from the json's ``label_field`` when one is named (e.g. ``categories``:
+a list of strings or one comma-separated string); a sample without it is kept unlabelled, one whose
+field has another type is skipped as ``bad_labels``.
 A sample with neither tags nor caption is skipped as ``missing_tags``; img2dataset's failed
 downloads (json ``status`` not ``success`` and no image) are skipped as ``missing_image``.
 """
@@ -16,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from shards.converters.generic import string_list
 from shards.reader import raw_samples
 from shards.schema import IMAGE_EXTS, make_key
 from shards.writer import DatasetWriter, ShardingConfig
@@ -30,6 +34,7 @@ _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 @dataclass
 class LaionConfig:
     tag_field: str = "tags"
+    label_field: str | None = None
     min_word_length: int = 3
     max_tags: int = 20
     stopwords_file: str | None = None
@@ -70,15 +75,27 @@ def convert_laion(inputs: list[str], out: str, sharding: ShardingConfig | None =
                 except (UnicodeDecodeError, ValueError):
                     w.skip("bad_metadata", f"{where}: json/txt not UTF-8 JSON/text")
                     continue
-                tags = meta.get(cfg.tag_field) if isinstance(meta, dict) else None
-                if isinstance(tags, str):
-                    tags = [t.strip() for t in tags.split(",") if t.strip()]
+                if not isinstance(meta, dict):
+                    w.skip("bad_metadata", f"{where}: json is not an object")
+                    continue
+                try:
+                    tags = string_list(meta.get(cfg.tag_field), ",")
+                except ValueError as exn:
+                    w.skip("bad_tags", f"{where}: {cfg.tag_field!r}: {exn}")
+                    continue
+                try:
+                    labels = string_list(meta.get(cfg.label_field), ",") if cfg.label_field else None
+                except ValueError as exn:
+                    w.skip("bad_labels", f"{where}: {cfg.label_field!r}: {exn}")
+                    continue
+                if cfg.label_field and labels is None:
+                    labels = []
                 if tags is None:
                     if not caption:
                         w.skip("missing_tags", f"{where}: no '{cfg.tag_field}' in json and no caption")
                         continue
                     tags = caption_tags(caption, cfg, stop)
-                w.add(make_key(raw["__key__"]), image, tags, None, caption or None, where=where)
+                w.add(make_key(raw["__key__"]), image, tags, labels, caption or None, where=where)
         for reason, n in read_skips.items():
             w.skipped[reason] += n
             w.examples.setdefault(reason, "reading the input tars (see log)")

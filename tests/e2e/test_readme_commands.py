@@ -116,20 +116,32 @@ def test_every_readme_pipeline_command_runs_as_written(mirflickr_real, s3_server
     # steps 1 (summary, verify) to 5 on the folder conversion
     cwd = tmp_path / "alt0"
     rest = commands[commands.index(next(c for c in commands if c.startswith("python -m shards summary"))):]
-    assert [c.split()[2] for c in rest] == ["shards", "trainer.tags", "trainer.train", "eval.encode",
-                                            "eval.encode", "eval.evaluate"]
+    assert [c.split()[2] for c in rest] == ["shards", "eval.extract", "trainer.tags", "trainer.train",
+                                            "eval.encode", "eval.encode", "eval.evaluate"]
     assert "ok" in run(rest[0], cwd)
-    tag_out = run(rest[1], cwd)
-    dim = json.loads((cwd / "data/mine/tags/semantics.json").read_text())["dim"]
-    assert '"units"' in tag_out or "units" in tag_out
+    run(rest[1], cwd, " --local")  # EfficientNet-Lite0 features of every split
+    feats = {s: Manifest.load(str(cwd / "data/mine-lite0" / s)) for s in ("train", "query", "database")}
+    images = {s: Manifest.load(str(cwd / "data/mine" / s)) for s in ("train", "query", "database")}
+    assert {s: m.total for s, m in feats.items()} == {s: m.total for s, m in images.items()}
+    tag_out = json.loads(run(rest[2], cwd).strip().splitlines()[-1])
+    from trainer.tags import TagSemantics
+
+    sem = TagSemantics.load(str(cwd / "data/mine-lite0/tags"))
+    dim = sem.dim
+    # the summary line the command prints describes the artifact it wrote
+    assert tag_out["out"] == "data/mine-lite0/tags" and tag_out["hash"] == sem.hash
+    assert tag_out["units"] == sem.T >= 2 and tag_out["vocab_tags"] >= tag_out["with_vectors"] >= tag_out["units"]
     subs["<tags dim>"] = str(dim)
-    run(rest[2], cwd, " training.epochs=1 scaling.num_workers=0 reader.batch_size=8 method.K=16")
+    run(rest[3], cwd, " training.epochs=1 scaling.num_workers=0 reader.batch_size=8 method.K=16")
     assert (cwd / "runs/mine-32bit/final/quantizer.npz").is_file()
-    for command in rest[3:5]:
+    for command in rest[4:6]:
         run(command, cwd, " --local")
-    out = run(rest[5], cwd)
+    out = run(rest[6], cwd)
     report = json.loads((cwd / "reports/mine/report.json").read_text())
     methods = {r["method"] for r in report["rows"]}
-    assert {"wsdhq", "pq", "lsq", "random"} <= methods and re.search(r"mAP@5000 skip=\d\.\d{4}", out)
+    # the model, the backbone's own float ranking, and faiss on the same features: raw, PCA, tag-ridge map
+    assert {"wsdhq", "inputs", "pq", "lsq", "random"} <= methods, methods
+    assert {m.split("/")[1].rstrip("0123456789") for m in methods if "/" in m} == {"pca", "tags"}, methods
+    assert re.search(r"mAP@5000 skip=\d\.\d{4}", out)
     # OPQ trains an 8-bit PQ inside whatever the code size: 256 centroids from ~45 vectors is refused
     assert any(n.startswith("opq: faiss cannot train it on") for n in report["notes"]), report["notes"]

@@ -12,6 +12,7 @@ import torch
 
 from eval.codes import load_code_set
 from eval.encode import EncodeConfig, EncodeError, run
+from trainer.config import ConfigError
 from shards import storage
 from tests.eval.conftest import make_checkpoint, write_corpus
 from trainer.checkpoint_io import load_inference
@@ -391,9 +392,8 @@ def test_local_run_leaves_no_decoder_process_behind_even_when_the_input_is_refus
             run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / f"codes{decoders}",
                 EncodeConfig(decoders=decoders, decoder_min_samples=0), local=True, **QUIET)
         assert multiprocessing.active_children() == []
-    with pytest.raises(EncodeError, match=r"decoders=-1: the number of decoder processes is 0 \(a thread\) or more"):
-        run(tmp_path / "ckpt", tmp_path / "corpus", tmp_path / "codes-1", EncodeConfig(decoders=-1), local=True,
-            **QUIET)
+    with pytest.raises(ConfigError, match=r"^decoders: must be >= 0, got -1$"):  # refused before any work
+        EncodeConfig(decoders=-1)
 
 
 def test_features_of_another_width_than_the_encoder_takes_are_refused_naming_the_sample(tmp_path):

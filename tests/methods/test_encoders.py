@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trainer.config import ConfigError, from_dict
 from trainer.encoders import EncoderConfig, build_encoder, resnet18, resnet50
 
 
@@ -73,8 +74,8 @@ def test_small_cnn_encoder_outputs_tanh_embeddings_of_the_tag_dimension():
 def test_mlp_encoder_over_features_and_missing_input_size_is_named():
     enc = build_encoder(EncoderConfig(kind="mlp", in_features=20, hidden=16), embed_dim=6)
     assert enc(torch.randn(3, 20)).shape == (3, 6)
-    with pytest.raises(ValueError, match="encoder.in_features"):
-        build_encoder(EncoderConfig(kind="mlp"), embed_dim=6)
+    with pytest.raises(ConfigError, match=r"^encoder\.in_features: must be set \(the length of feat\.npy\)"):
+        from_dict(EncoderConfig, {"kind": "mlp"}, "encoder")  # refused as the config loads, not at build
 
 
 @pytest.mark.s3

@@ -98,7 +98,36 @@ def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedu
     info = m.codebook_update(feats, reduce=reduce)
     M, K, D = 2, 16, 16
     assert calls == [torch.Size([(M * K) ** 2 + M * K * D + 1])] * iters  # one all-reduce per ICM+LS round
-    assert info == {"codebook_updates": 1, "samples": 1200, "dead_codewords": 0, "reseeded": 0}
+    live, err = info.pop("live_codewords"), info.pop("quantization_error")
+    assert info == {"codebook_updates": 1, "samples": 1200, "dead_codewords": 0, "reseeded": 0,
+                    "codebook_start": "kmeans"}  # the first update starts from k-means whatever the setting
+    # the health figures are those of the gathered sample coded afresh with the final codebooks
+    t = torch.nn.functional.normalize(torch.cat(feats), dim=1)
+    m.codebook_updates -= 1  # the generator of the update just made (a function of seed and update)
+    with m.quantizer.block_orders_from(m.update_generator(iters)):
+        codes = m.quantizer.encode(t)
+    assert live == [len(torch.unique(codes[:, j])) for j in range(M)]
+    assert math.isclose(err, float(((t - m.quantizer.decode(codes)) ** 2).sum(1).mean()), rel_tol=1e-5)
+
+
+def _clustered_sphere(n=600, d=16, clusters=10, spread=0.35, seed=0):
+    """A fixed embedding set shaped like trained ones: tight clusters around a few directions."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, d, generator=g), dim=1)
+    return centres[torch.arange(n) % clusters] + spread * torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("restarts, collapses", [(8, False), (1, True)])
+def test_codebooks_stay_alive_update_after_update_on_a_fixed_set(weak_set, restarts, collapses):
+    """The collapse guard: three codebook updates on the same clustered set keep >= 90% of every
+    codebook's K=64 codewords live with the default ICM restarts. With the authors' single greedy
+    ICM pass the codes fall into poor local minima that the next solve fits, and codebooks thin out
+    (the second row proves this test can fail)."""
+    m = build_method(MethodConfig(name="wsdhq", embed_dim=16, M=4, K=64, icm_restarts=restarts), ENC, weak_set.V)
+    z = _clustered_sphere()
+    lives = [m.codebook_update([z])["live_codewords"] for _ in range(3)]
+    worst = min(min(v) for v in lives)
+    assert (worst < 0.9 * 64) == collapses, lives
 
 
 def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_killed(weak_set):
@@ -111,10 +140,10 @@ def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_kill
     live = {}
     for policy in ("restore", "reseed"):
         m = build_method(MethodConfig(name="wsdhq", embed_dim=16, M=2, K=64, codebook_iters=3,
-                                      dead_codewords=policy), ENC, weak_set.V)
+                                      dead_codewords=policy, codebook_start="warm"), ENC, weak_set.V)
         m.codebook_update([before])
         info = m.codebook_update([after])
-        codes = m.quantizer.encode(after, m.icm_weights, generator=torch.Generator().manual_seed(0))
+        codes = m.quantizer.encode(after)
         live[policy] = sum(len(torch.unique(codes[:, j])) for j in range(2))
         assert (info["reseeded"] > 0) == (policy == "reseed"), info
     assert live["reseed"] >= live["restore"] + 20, live
@@ -206,6 +235,37 @@ def test_inference_checkpoint_round_trip_gives_identical_codes(weak_set, tmp_pat
     assert on_disk["code_bits"] == (8 if name == "wsdhq" else 9)  # M*log2(K): 2*4, 3*3
     assert on_disk["quantized"] == ("z" if name == "wsdhq" else "f")
     assert not loaded.encoder.training
+    # the quantizer file alone gives the model's codes: encode(x) for either kind, its metric inside
+    from trainer.quantizers import load_quantizer
+
+    alone = load_quantizer(tmp_path / "ckpt" / "quantizer.npz")
+    assert torch.equal(alone.encode(m.embed(x)), m.encode(x))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["meta.json", "model.pt", "quantizer.npz"]
+
+
+def test_a_checkpoint_written_before_the_quantizer_saved_its_metric_still_gives_its_codes(weak_set, tmp_path):
+    """The earlier layout: the metric V̄ in icm_weights.npy (named by meta.json), not in quantizer.npz."""
+    import io
+
+    import numpy as np
+
+    from trainer.quantizers import AdditiveQuantizer
+
+    m = _trained_wsdhq(weak_set)
+    d = tmp_path / "ckpt"
+    save_inference(str(d), m, {})
+    old = AdditiveQuantizer(16, 2, 16)
+    old.codebooks, old.is_trained = m.quantizer.codebooks.clone(), True
+    buf = io.BytesIO()
+    old.save(buf)
+    (d / "quantizer.npz").write_bytes(buf.getvalue())
+    np.save(d / "icm_weights.npy", m.icm_weights.numpy())
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps(meta | {"icm_weights": "icm_weights.npy"}))
+    loaded = load_inference(str(d))
+    x = weak_set.x[:100]
+    assert torch.equal(loaded.quantizer.weights, m.icm_weights)
+    assert torch.equal(loaded.encode(x), m.encode(x))
 
 
 def test_checkpoint_whose_codebooks_were_never_fitted_is_refused_by_name(weak_set, tmp_path):
@@ -262,8 +322,7 @@ def test_inference_checkpoint_round_trips_through_s3(weak_set, s3_bucket):
     save_inference(url, m, {"epoch": 2})
     loaded = load_inference(url)
     assert torch.equal(loaded.encode(weak_set.x[:100]), m.encode(weak_set.x[:100]))
-    assert loaded.meta["icm_weights"] == "icm_weights.npy"
-    assert torch.equal(loaded.icm_weights, m.icm_weights)
+    assert torch.equal(loaded.quantizer.weights, m.icm_weights)  # the metric travels in quantizer.npz
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):

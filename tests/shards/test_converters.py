@@ -271,3 +271,49 @@ def test_colour_texture_descriptor_blocks_are_unit_norm_and_see_colour_and_orien
     h = descriptors.colour_texture(Image.fromarray(stripes))[256:].reshape(16, 8)
     assert h[:, 0].min() > 0 and np.allclose(h[:, 1:], 0) and np.linalg.norm(h) == pytest.approx(1.0)
     assert descriptors.colour_texture_of(png(1)).shape == (descriptors.DIM,)
+
+
+def test_laion_labels_from_a_named_json_field_make_the_shards_evaluable(tmp_path, capsys):
+    """LAION-style shards whose json carries ``categories`` (a list, or a comma-separated string)."""
+    src = tmp_path / "in-000000.tar"
+    with wds.TarWriter(str(src)) as tw:
+        for i, cats in enumerate([["dog", "animal"], "car, street", None, 5, []]):
+            meta = {"status": "success"} | ({} if cats is None else {"categories": cats})
+            tw.write({"__key__": f"{i:09d}", "jpg": jpeg(i), "txt": b"A red car on the street",
+                      "json": json.dumps(meta).encode()})
+    assert main(["laion", str(src), "--label-field", "categories", "--out", str(tmp_path / "out"),
+                 "--max-count", "10"]) == 0
+    assert "bad_labels: 1" in capsys.readouterr().out  # "categories": 5
+    items = all_items(tmp_path / "out")
+    assert sorted(items) == ["000000000", "000000001", "000000002", "000000004"]
+    assert items["000000000"]["labels"] == ["animal", "dog"] and items["000000001"]["labels"] == ["car", "street"]
+    assert items["000000002"]["labels"] == [] and items["000000004"]["labels"] == []
+    _, m = read_split(tmp_path / "out", "database")
+    assert m.label_names == ["animal", "car", "dog", "street"]
+
+
+def test_generic_converters_take_labels_from_a_named_field(tmp_path):
+    for i in range(3):
+        (tmp_path / f"p{i}.png").write_bytes(png(i))
+    rows = [{"image": "p0.png", "tags": ["a"], "categories": ["x", "y"]},
+            {"image": "p1.png", "tags": ["b"], "categories": "z|x", "labels": ["ignored"]},
+            {"image": "p2.png", "tags": ["c"]}]
+    (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    convert_list(str(tmp_path / "l.jsonl"), str(tmp_path / "j"), SHARD, label_field="categories")
+    items = all_items(tmp_path / "j")
+    assert [items[k]["labels"] for k in ("p0", "p1", "p2")] == [["x", "y"], ["x", "z"], []]
+    (tmp_path / "l.csv").write_text("image,tags,categories\np0.png,a,x|y\np1.png,b,\n")
+    convert_list(str(tmp_path / "l.csv"), str(tmp_path / "c"), SHARD, label_field="categories")
+    items = all_items(tmp_path / "c")
+    assert items["p0"]["labels"] == ["x", "y"] and items["p1"]["labels"] == []
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.png").write_bytes(png(i))
+        (folder / f"p{i}.txt").write_text("tag")
+    (folder / "p0.json").write_text(json.dumps({"categories": ["x"]}))
+    (folder / "p1.json").write_text(json.dumps({"categories": 3}))
+    w = convert_folder(str(folder), str(tmp_path / "fo"), SHARD, label_field="categories")
+    assert w.skipped == {"bad_labels": 1}
+    items = all_items(tmp_path / "fo")
+    assert items["p0"]["labels"] == ["x"] and items["p2"]["labels"] == []

@@ -2,6 +2,8 @@ import pytest
 import numpy as np
 import scipy.sparse as sp
 
+from trainer.config import ConfigError, from_dict
+from trainer.tags import TagConfig
 from trainer.tags.graph import (GraphConfig, dbscan_groups, enhance, enhance_counts, enhance_ppmi,
                                 eps_for_target, merge_units, ppmi_weights)
 
@@ -104,4 +106,6 @@ def test_unknown_weighting_or_mix_outside_unit_interval_is_refused_naming_the_ke
     with pytest.raises(ValueError, match="graph.weights"):
         enhance(v, cooc, GraphConfig(weights="pmi"), n_images=3)
     with pytest.raises(ValueError, match="graph.mix"):
-        enhance(v, cooc, GraphConfig(mix=1.5), n_images=3)
+        enhance_ppmi(v, cooc, n_images=3, mix=1.5)
+    with pytest.raises(ConfigError, match=r"^graph.mix: must be in \[0, 1\], got 1.5$"):  # when the config loads
+        from_dict(TagConfig, {"graph": {"mix": 1.5}})

@@ -15,8 +15,9 @@ from trainer import config as config_lib
 from trainer.run_config import RunConfig
 
 
-def write_digit_features(root: str, n: int = 480, per_shard: int = 60) -> str:
-    """``root/train``: the first ``n`` digits, ``per_shard`` per shard, with feat.npy; returns it."""
+def write_digit_features(root: str, n: int = 480, per_shard: int = 60, without_feat: tuple[int, ...] = ()) -> str:
+    """``root/train``: the first ``n`` digits, ``per_shard`` per shard, with feat.npy (except the
+    samples numbered in ``without_feat``: bad input for features mode); returns it."""
     from sklearn.datasets import load_digits
 
     from shards.converters.demo import DemoConfig, png_bytes, simulate_tags
@@ -32,7 +33,8 @@ def write_digit_features(root: str, n: int = 480, per_shard: int = 60) -> str:
         label = int(digits.target[i])
         feat = (digits.images[i].reshape(-1) / 16.0).astype(np.float32)
         w.write(encode_sample(f"digits/{i:04d}", png_bytes(digits.images[i]), "png",
-                              simulate_tags(label, rng, DemoConfig()), [f"digit_{label}"], None, feat))
+                              simulate_tags(label, rng, DemoConfig()), [f"digit_{label}"], None,
+                              None if i in without_feat else feat))
     w.close()
     return url
 

@@ -55,11 +55,49 @@ def test_two_workers_solve_the_same_codebooks_as_one(ray_local, digits_features,
 
 
 @pytest.fixture(scope="module")
-def reference_run(ray_local, digits_features, tmp_path_factory):
-    """An uninterrupted 2-worker, 3-epoch run: what the recovered and resumed runs must repeat."""
+def reference_fit(ray_local, digits_features, tmp_path_factory):
+    """An uninterrupted 2-worker, 3-epoch run (lr 3e-4, an update after every epoch): (result, loaded)."""
     storage = tmp_path_factory.mktemp("reference")
     return _fit(run_config(digits_features, storage, "reference", "training.epochs=3",
-                           "scaling.num_workers=2"))[1]
+                           "scaling.num_workers=2"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_fit):
+    """What the recovered and resumed runs must repeat."""
+    return reference_fit[1]
+
+
+def test_a_trained_two_worker_runs_codebook_update_is_the_one_process_update_on_its_encoder(
+        reference_fit, digits_features):
+    """Beyond lr=0: after two epochs of 2-worker DDP training (lr > 0), the update after epoch 3,
+    redone in ONE process from the same encoder weights and the codebooks before it, gives the
+    codebooks the two ranks solved. (The training steps are DDP's data-parallel SGD, global batch
+    2 x 40, so a 2-worker run's encoder is not a 1-worker run's; the update is exact either way.)"""
+    from trainer.loop import Supervision, WorkerRun, update_codebooks
+    from trainer.methods import build_method
+
+    result, final = reference_fit
+    by_epoch = {checkpointing.load(d).state.epoch: d for d in Path(result.path).glob("checkpoint_20*")}
+    before, after = checkpointing.load(by_epoch[2]).method_state, checkpointing.load(by_epoch[3]).method_state
+    assert before["codebook_updates"] == 2 and after["codebook_updates"] == 3
+    cfg = run_config(digits_features, Path(result.path).parent, "reference", "training.epochs=3",
+                     "scaling.num_workers=2")
+    supervision = Supervision.load(cfg)
+    method = build_method(cfg.method, cfg.encoder, supervision.embeddings)
+    method.load_state_dict(after)  # the encoder the last update embedded with (trained 3 epochs)
+    trained = {k: v.clone() for k, v in method.encoder.state_dict().items()}
+    assert any(not torch.equal(v, before["net"][k]) for k, v in after["net"].items())  # it did train
+    method.quantizer.codebooks = before["codebooks"].float().clone()  # the codebooks before that update
+    method.codebook_updates = before["codebook_updates"]
+    run = WorkerRun(cfg, 0, 1, torch.device("cpu"), method, None, None, supervision, supervision.hash)
+    info = update_codebooks(run, epoch=2)  # world size 1: no process group, the collectives are identity
+    torch.testing.assert_close(method.quantizer.codebooks, after["codebooks"].float(), rtol=0, atol=1e-5)
+    assert not torch.equal(after["codebooks"], before["codebooks"])  # the update moved them
+    assert info["codebook_samples"] == 480
+    assert info["quantization_error"] == pytest.approx(final.state.metrics[2]["quantization_error"], rel=1e-5)
+    assert info["live_codewords"] == final.state.metrics[2]["live_codewords"]
+    assert all(torch.equal(v, trained[k]) for k, v in method.encoder.state_dict().items())
 
 
 def _assert_same_run(loaded, reference):

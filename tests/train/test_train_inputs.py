@@ -43,10 +43,18 @@ def test_every_shipped_training_config_loads_into_the_typed_tree(name):
     ({}, ["training.engine=horovod"], "training.engine: 'horovod' is not one of 'ddp', 'deepspeed'"),
     ({}, ["data.tags=/nonexistent/tags"], "data.tags: cannot load the tag semantics artifact at /nonexistent/tags"),
     ({}, ["data.train=/nonexistent/train"], "data.train: cannot read the training manifest at /nonexistent/train"),
-    ({}, ["scaling.num_workers=9"], "scaling.num_workers=9 but data.train has only 8 shard(s)"),
     ({}, ["method.embed_dim=7"], "method.embed_dim=7 but the tag embeddings"),
     ({}, ["storage.checkpoint_every=0"], "storage.checkpoint_every: must be >= 1, got 0"),
-    ({}, ["method.K=1024"], "method.K=1024 but data.train has only 480 samples"),
+    # range checks live in the config sections and fire while the config loads, on the driver
+    ({}, ["reader.batch_size=0"], "reader.batch_size: must be >= 1, got 0"),
+    ({}, ["method.K=1024"], "method.K: must be in [1, 256], got 1024"),
+    ({}, ["method.embed_dim=8", "method.M=9"],
+     "method.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
+    ({}, ["method.code_update_every=0"], "method.code_update_every: must be >= 1, got 0"),
+    ({}, ["method.codebook_iters=0"], "method.codebook_iters: must be >= 1, got 0"),
+    ({}, ["encoder.in_features=0"], "encoder.in_features: must be set (the length of feat.npy)"),
+    # the reader's own rule for a training pass, applied before the workers start
+    ({}, ["reader.batch_size=241"], "480 samples < world_size 2 x batch_size 241; no full batch per rank"),
 ])
 def test_bad_config_or_input_is_one_clear_error_naming_the_culprit(digits_features, tmp_path, capsys,
                                                                     change, overrides, message):
@@ -97,3 +105,52 @@ def test_method_embed_dim_defaults_to_the_tag_artifacts_dimension(digits_feature
     assert method.encoder(torch.zeros(2, 64)).shape == (2, digits_features["dim"])
     cfg = config_lib.load(RunConfig, _write(tmp_path, data), ["method.name=dpq"])
     assert Supervision.load(cfg).embeddings.shape[1] == LABEL_EMBED_DIM  # DPQ's generated label vectors
+
+
+def test_the_tag_dimension_fixes_embed_dim_and_k_means_needs_k_samples(digits_features, tmp_path, capsys):
+    from tests.train.conftest import write_digit_features
+
+    small = write_digit_features(str(tmp_path / "small"), n=100, per_shard=50)
+    data = _good(digits_features, tmp_path)
+    data["data"]["train"] = small
+    assert main(["--config", _write(tmp_path, data), "method.K=128"]) == 2
+    err = capsys.readouterr().err
+    assert "method.K=128 but data.train has only 100 samples" in err and err.count("\n") == 1
+
+
+def test_fewer_shards_than_workers_is_accepted_with_the_readers_plan_stated(digits_features, tmp_path):
+    from trainer.train import preflight
+
+    data = _good(digits_features, tmp_path)
+    cfg = config_lib.load(RunConfig, _write(tmp_path, data), ["scaling.num_workers=9", "reader.batch_size=40"])
+    facts = preflight(cfg)
+    # 8 shards < 9 ranks x 1 slot: every slot reads every shard and keeps its share by index, as
+    # shards.reader does (tests/shards: every sample once in eval, equal batches in train)
+    assert facts["slot_plan"] == ("8 shard(s) < 9 slots (world_size 9 x workers 1): every slot reads every "
+                                  "shard and keeps its share of samples by index")
+    cfg = config_lib.load(RunConfig, _write(tmp_path, data), ["scaling.num_workers=8", "reader.batch_size=40"])
+    assert preflight(cfg)["slot_plan"] is None
+
+
+def test_without_faiss_a_method_that_starts_from_k_means_is_refused_before_any_worker(digits_features, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = _write(tmp_path, _good(digits_features, tmp_path))
+    script = f"""
+import sys
+sys.modules["faiss"] = None  # Python's import system: faiss is not installed
+from trainer import config
+from trainer.run_config import RunConfig
+from trainer.train import main, preflight
+rc = main(["--config", {cfg!r}])
+# DPQ's codebooks start random (trained by gradient): it needs no faiss
+facts = preflight(config.load(RunConfig, {cfg!r}, ["method.name=dpq"]))
+print("rc", rc, "dpq", facts["train_samples"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "rc 2 dpq 480"
+    assert out.stderr == ("wsdhq train: method.name=wsdhq: k-means (the codebooks' start) needs faiss: "
+                          "pip install 'wsdhq[faiss]' (faiss-cpu)\n")
+    assert not (tmp_path / "runs").exists()

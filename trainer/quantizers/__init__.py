@@ -1,7 +1,7 @@
 """Quantizers: WSDHQ's additive (ICM + ridge LS) and DPQ's progressive (residual, cosine) kinds.
 
-One interface (``encode`` -> uint8 (N, M), ``decode``, ``lut``, ``save`` / ``load`` to ``.npz``);
-``load_quantizer(path)`` reads either kind.
+One interface (``encode(x)`` -> uint8 (N, M), ``decode``, ``lut``, ``save`` / ``load`` to ``.npz``);
+``load_quantizer(path)`` reads either kind, with everything its ``encode`` depends on.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ KINDS: dict[str, type[Quantizer]] = {"additive": AdditiveQuantizer, "progressive
 
 def load_quantizer(path: str | Path | IO[bytes]) -> Quantizer:
     """The quantizer saved at ``path`` (a path or binary file), of whichever kind it holds."""
-    kind, params, codebooks = read_npz(path)
+    kind, params, codebooks, arrays = read_npz(path)
     if kind not in KINDS:
         raise ValueError(f"{path}: unknown quantizer kind {kind!r}; known: {sorted(KINDS)}")
-    return KINDS[kind]._from_params(params, codebooks)
+    return KINDS[kind]._from_params(params, codebooks, arrays)
 
 
 __all__ = ["AdditiveQuantizer", "AdditiveQuantizerConfig", "CodebookStatistics", "ProgressiveOutput",

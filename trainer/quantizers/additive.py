@@ -4,9 +4,16 @@ Follows the authors' code (methods.md §1.6): block-diagonal k-means initialisat
 minimising the V-weighted distortion, and the unweighted ridge LS codebook update with dead
 codewords restored. The update is split into ``statistics`` (per worker, per chunk) and ``solve``
 (after summing), so the distributed trainer all-reduces ``CodebookStatistics.flatten()`` once.
+
+``encode(x)`` takes nothing else, as the progressive quantizer's: the metric V̄ (``weights``), the
+ICM sweeps and restarts are the quantizer's own and are saved with it, and the ICM block orders
+come from a generator seeded with ``seed`` afresh for every call (a vector always gets the same
+code), except inside ``block_orders_from(generator)``, where a trainer draws them from its own
+seeded stream.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +36,7 @@ class AdditiveQuantizerConfig:
     ridge: float = 1e-3            # λ of the LS update (HᵀH + ridge·I)
     encode_batch_size: int = 8192  # rows per ICM batch; bounds memory at batch·M·K floats
     icm_restarts: int = 1          # >1: ICM from several block orders, best per sample (not in the paper)
+    seed: int = 0                  # ICM block orders of ``encode`` (a fresh generator per call)
 
 
 class AdditiveQuantizer(Quantizer):
@@ -38,7 +46,7 @@ class AdditiveQuantizer(Quantizer):
 
     def __init__(self, dim: int, num_codebooks: int = 4, codebook_size: int = 256,
                  icm_sweeps: int = 3, ridge: float = 1e-3, encode_batch_size: int = 8192,
-                 icm_restarts: int = 1):
+                 icm_restarts: int = 1, weights: Any = None, seed: int = 0):
         if not 1 <= codebook_size <= 256:
             raise ValueError(f"codebook_size must be in [1, 256] for uint8 codes, got {codebook_size}")
         if num_codebooks < 1 or dim < num_codebooks:
@@ -48,13 +56,19 @@ class AdditiveQuantizer(Quantizer):
         self.ridge = ridge
         self.encode_batch_size = encode_batch_size
         self.icm_restarts = icm_restarts
+        # the metric: V (T, D), errors measured along its rows (WSDHQ: the tag directions V̄); None = L2
+        self.weights = None if weights is None else as_float_tensor(weights, "weights", torch.float32)
+        if self.weights is not None and self.weights.shape[1] != dim:
+            raise ValueError(f"weights: expected V of shape (T, {dim}), got {tuple(self.weights.shape)}")
+        self.seed = seed
+        self.generator: torch.Generator | None = None  # set only inside ``block_orders_from``
         self.is_trained = False
         self._tables: tuple | None = None  # (codebooks, their version, V, ICMTables)
 
     @classmethod
     def from_config(cls, cfg: AdditiveQuantizerConfig, dim: int) -> "AdditiveQuantizer":
         return cls(dim, cfg.num_codebooks, cfg.codebook_size, cfg.icm_sweeps, cfg.ridge,
-                   cfg.encode_batch_size, cfg.icm_restarts)
+                   cfg.encode_batch_size, cfg.icm_restarts, seed=cfg.seed)
 
     def _check_x(self, x: Any) -> torch.Tensor:
         t = as_float_tensor(x, "x", torch.float32)
@@ -78,18 +92,34 @@ class AdditiveQuantizer(Quantizer):
         self.codebooks = C
         self.is_trained = True
 
-    def encode(self, x: Any, weights: Any = None, sweeps: int | None = None,
-               generator: torch.Generator | None = None, restarts: int | None = None) -> torch.Tensor:
-        """ICM codes (N, M) uint8 minimising ‖V(x − x̂)‖² (V = ``weights`` (T, D), or plain L2);
-        ``sweeps`` / ``restarts`` default to the quantizer's settings."""
+    def encode(self, x: Any) -> torch.Tensor:
+        """ICM codes (N, M) uint8 minimising ‖V(x − x̂)‖² (V = ``weights``, or plain L2), with
+        ``icm_sweeps`` sweeps from ``icm_restarts`` block orders (see the module docstring)."""
         if not self.is_trained:
             raise RuntimeError("AdditiveQuantizer is not trained: call init_kmeans(x) or fit(x) first")
-        x = self._check_x(x)
-        V = None if weights is None else as_float_tensor(weights, "weights", torch.float32)
-        codes = icm_encode(x, self.codebooks, V, self.icm_sweeps if sweeps is None else sweeps, generator,
-                           self.encode_batch_size, self._icm_tables(V),
-                           self.icm_restarts if restarts is None else restarts)
+        x = self._check_x(x).to(self.codebooks.device)
+        V = None if self.weights is None else self.weights.to(self.codebooks.device)
+        g = self.generator if self.generator is not None else torch.Generator().manual_seed(self.seed)
+        codes = icm_encode(x, self.codebooks, V, self.icm_sweeps, g, self.encode_batch_size,
+                           self._icm_tables(V), self.icm_restarts)
         return codes.to(torch.uint8)
+
+    @contextlib.contextmanager
+    def block_orders_from(self, generator: torch.Generator | None):
+        """Within the block, ``encode`` draws its ICM block orders from ``generator`` (a trainer's
+        seeded stream: successive calls get successive orders); None keeps the per-call seed."""
+        previous, self.generator = self.generator, generator
+        try:
+            yield self
+        finally:
+            self.generator = previous
+
+    def to(self, device: torch.device | str) -> "AdditiveQuantizer":
+        """Codebooks and metric on ``device`` (as ``nn.Module.to`` does for the progressive kind)."""
+        self.codebooks = self.codebooks.to(device)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
+        return self
 
     def _icm_tables(self, V: torch.Tensor | None) -> ICMTables:
         """Tables cached per (codebooks, V) so per-batch encoding in training pays only its batch.
@@ -123,8 +153,7 @@ class AdditiveQuantizer(Quantizer):
         self.is_trained = True
         return dead
 
-    def reseed_dead(self, dead: torch.Tensor, sample: Any, weights: Any = None,
-                    generator: torch.Generator | None = None) -> int:
+    def reseed_dead(self, dead: torch.Tensor, sample: Any, generator: torch.Generator | None = None) -> int:
         """Re-seed dead codewords from the worst-coded rows of ``sample``; returns how many.
 
         Restoring a dead codeword's previous value (the authors' policy, what ``solve`` does) leaves
@@ -139,7 +168,8 @@ class AdditiveQuantizer(Quantizer):
         if n_dead == 0:
             return 0
         x = self._check_x(sample).to(self.codebooks.device)
-        codes = self.encode(x, weights, generator=generator).long()
+        with self.block_orders_from(generator):
+            codes = self.encode(x).long()
         recon = self.decode(codes)
         err = ((x - recon) ** 2).sum(1)
         worst = torch.argsort(err.cpu(), descending=True, stable=True)
@@ -151,29 +181,45 @@ class AdditiveQuantizer(Quantizer):
         self.codebooks = C
         return n_dead
 
-    def fit(self, x: Any, iterations: int = 10, weights: Any = None, seed: int = 0) -> "AdditiveQuantizer":
-        """Single-process training: k-means init, then ``iterations`` × (ICM encode, LS solve)."""
+    def health(self, sample: Any, generator: torch.Generator | None = None) -> dict:
+        """How the codebooks serve ``sample`` now: the codewords each codebook's codes use (live) and
+        the mean squared error of the reconstruction. A collapsed codebook shows few live codewords."""
+        x = self._check_x(sample).to(self.codebooks.device)
+        with self.block_orders_from(generator):
+            codes = self.encode(x).long()
+        live = [int(torch.unique(codes[:, m]).numel()) for m in range(self.M)]
+        err = ((x - self.decode(codes)) ** 2).sum(1).mean().item() if len(x) else float("nan")
+        return {"live_codewords": live, "quantization_error": err}
+
+    def fit(self, x: Any, iterations: int = 10, seed: int = 0) -> "AdditiveQuantizer":
+        """Single-process training: k-means init, then ``iterations`` × (ICM encode, LS solve),
+        under the quantizer's own metric ``weights``."""
         x = self._check_x(x)
         self.init_kmeans(x, seed)
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(iterations):
-            self.solve(self.statistics(x, self.encode(x, weights, generator=g)))
+        with self.block_orders_from(torch.Generator().manual_seed(seed)):
+            for _ in range(iterations):
+                self.solve(self.statistics(x, self.encode(x)))
         return self
 
     train = fit  # faiss's verb
 
     def _params(self) -> dict:
         return {"icm_sweeps": self.icm_sweeps, "icm_restarts": self.icm_restarts, "ridge": self.ridge,
-                "encode_batch_size": self.encode_batch_size, "is_trained": self.is_trained}
+                "encode_batch_size": self.encode_batch_size, "is_trained": self.is_trained, "seed": self.seed}
+
+    def _arrays(self) -> dict[str, torch.Tensor]:
+        return {} if self.weights is None else {"weights": self.weights}
 
     @classmethod
-    def _from_params(cls, params: dict, codebooks: torch.Tensor) -> "AdditiveQuantizer":
+    def _from_params(cls, params: dict, codebooks: torch.Tensor,
+                     arrays: dict[str, torch.Tensor] | None = None) -> "AdditiveQuantizer":
         M, K, D = codebooks.shape
         defaults = AdditiveQuantizerConfig()
         q = cls(D, M, K, int(params.get("icm_sweeps", defaults.icm_sweeps)),
                 float(params.get("ridge", defaults.ridge)),
                 int(params.get("encode_batch_size", defaults.encode_batch_size)),
-                int(params.get("icm_restarts", defaults.icm_restarts)))
+                int(params.get("icm_restarts", defaults.icm_restarts)),
+                (arrays or {}).get("weights"), int(params.get("seed", defaults.seed)))
         q.codebooks = codebooks.to(torch.float32)
         q.is_trained = bool(params.get("is_trained", True))
         return q

@@ -43,10 +43,12 @@ def as_codes(codes: Any, num_codebooks: int, codebook_size: int) -> torch.Tensor
 
 
 class Quantizer:
-    """Common interface: ``encode``, ``decode``, ``lut``, ``save`` / ``load``; codebooks (M, K, D).
+    """Common interface: ``encode(x)``, ``decode``, ``lut``, ``save`` / ``load``; codebooks (M, K, D).
 
     Subclasses set ``kind``, hold ``codebooks`` and implement ``encode``, ``_params`` (JSON-able
-    constructor arguments) and ``_from_params``.
+    constructor arguments), ``_from_params`` and, when they own more arrays than the codebooks
+    (the additive quantizer's metric), ``_arrays``. Everything ``encode`` depends on is saved, so
+    a quantizer loaded alone gives the codes its model gave.
     """
 
     kind: ClassVar[str]
@@ -88,26 +90,33 @@ class Quantizer:
     def _params(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _arrays(self) -> dict[str, torch.Tensor]:
+        """Arrays besides the codebooks that ``encode`` depends on (saved beside them)."""
+        return {}
+
     @classmethod
-    def _from_params(cls, params: dict, codebooks: torch.Tensor) -> "Quantizer":  # pragma: no cover
+    def _from_params(cls, params: dict, codebooks: torch.Tensor,
+                     arrays: dict[str, torch.Tensor]) -> "Quantizer":  # pragma: no cover
         raise NotImplementedError
 
     def save(self, path: str | Path | IO[bytes]) -> None:
-        """Write ``kind``, the JSON params and the codebooks as plain arrays (a path or binary file)."""
+        """Write ``kind``, the JSON params, the codebooks and ``_arrays`` as plain arrays (a path or
+        binary file)."""
+        extra = {k: v.detach().cpu().numpy() for k, v in self._arrays().items()}
         np.savez(path, kind=np.array(self.kind), params=np.array(json.dumps(self._params())),
-                 codebooks=self.codebooks.detach().cpu().numpy())
+                 codebooks=self.codebooks.detach().cpu().numpy(), **extra)
 
     @classmethod
     def load(cls, path: str | Path | IO[bytes]) -> "Quantizer":
         """Read a quantizer written by ``save`` (``allow_pickle=False``); the kind must match."""
-        kind, params, codebooks = read_npz(path)
+        kind, params, codebooks, arrays = read_npz(path)
         if kind != cls.kind:
             raise ValueError(f"{path}: holds a {kind!r} quantizer, not {cls.kind!r}")
-        return cls._from_params(params, codebooks)
+        return cls._from_params(params, codebooks, arrays)
 
 
-def read_npz(path: str | Path | IO[bytes]) -> tuple[str, dict, torch.Tensor]:
-    """(kind, params, codebooks) from a quantizer ``.npz``; errors name the file and the key."""
+def read_npz(path: str | Path | IO[bytes]) -> tuple[str, dict, torch.Tensor, dict[str, torch.Tensor]]:
+    """(kind, params, codebooks, other arrays) from a quantizer ``.npz``; errors name the file and key."""
     try:
         z = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -119,6 +128,7 @@ def read_npz(path: str | Path | IO[bytes]) -> tuple[str, dict, torch.Tensor]:
         if missing:
             raise ValueError(f"{path}: not a quantizer file, missing {sorted(missing)}")
         kind, params, codebooks = str(z["kind"]), json.loads(str(z["params"])), z["codebooks"]
+        arrays = {k: torch.from_numpy(z[k]) for k in z.files if k not in ("kind", "params", "codebooks")}
     if codebooks.ndim != 3:
         raise ValueError(f"{path}: codebooks must be (M, K, D), got shape {codebooks.shape}")
-    return kind, params, torch.from_numpy(codebooks)
+    return kind, params, torch.from_numpy(codebooks), arrays

@@ -128,7 +128,8 @@ class ProgressiveQuantizer(nn.Module, Quantizer):
         return {"gamma": self.gamma}
 
     @classmethod
-    def _from_params(cls, params: dict, codebooks: torch.Tensor) -> "ProgressiveQuantizer":
+    def _from_params(cls, params: dict, codebooks: torch.Tensor,
+                     arrays: dict[str, torch.Tensor] | None = None) -> "ProgressiveQuantizer":
         L, K, D = codebooks.shape
         q = cls(D, L, K, float(params.get("gamma", 1.0)))
         with torch.no_grad():

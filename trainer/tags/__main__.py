@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="count tags over a shard set (Ray) and build the artifact")
     b.add_argument("--shards", required=True, help="train shard set (directory, s3:// prefix or manifest.json)")
+    b.add_argument("--partial", action="store_true",
+                   help="build even when a shard holds fewer samples than its manifest (recorded in the stats)")
+    b.add_argument("--verify-sha256", action="store_true", help="check every shard's sha256 before counting")
     m = sub.add_parser("build-matrix", help="build from an .npz image x tag matrix")
     m.add_argument("--npz", required=True)
     m.add_argument("--tags-key", default="tags")
@@ -42,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load(TagConfig, args.config, args.overrides)
         if args.cmd == "build":
-            from shards.manifest import Manifest
+            from shards.manifest import Manifest, check_shards
 
             manifest = Manifest.load(args.shards)
-            sem = build_from_shards(manifest.shard_urls(), cfg)
+            check_shards(manifest, checksums=args.verify_sha256)  # before any Ray task starts
+            sem = build_from_shards(manifest.shard_urls(), cfg, [e.count for e in manifest.shards], args.partial)
         else:
             sem = _build_matrix(args, cfg, build_from_matrix)
         sem.save(args.out)

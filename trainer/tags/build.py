@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from shards.config_checks import at_least
 from trainer.config import to_dict
 from trainer.tags.artifact import TagSemantics
 from trainer.tags.counting import (CooccurrencePartial, FrequencyPartial, TagCounts, choose_vocab,
@@ -36,6 +37,10 @@ class VocabConfig:
     min_count: int = 2            # images a tag must appear on (this project's choice)
     max_vocab: int | None = 50000  # most frequent tags kept; bounds DBSCAN's O(V^2) distances
 
+    def __post_init__(self):
+        at_least(self, "min_count", 1)
+        at_least(self, "max_vocab", 1, optional=True)
+
 
 @dataclass
 class TagConfig:
@@ -47,6 +52,10 @@ class TagConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     num_tasks: int = 2            # Ray tasks for the shard passes; 0 = in this process, no Ray
     label_sample: int = 50000     # images (bottom-k by key hash) kept for the label-agreement figure
+
+    def __post_init__(self):
+        at_least(self, "num_tasks", 0)
+        at_least(self, "label_sample", 0)
 
     def semantic(self) -> dict:
         """The part of the configuration that determines the artifact (hashed)."""
@@ -85,17 +94,25 @@ def build_from_matrix(matrix, names: list[str], cfg: TagConfig | None = None,
     return build_semantics(tag_lists, cfg, label_lists)
 
 
-def build_from_shards(shard_urls: list[str], cfg: TagConfig | None = None) -> TagSemantics:
+def build_from_shards(shard_urls: list[str], cfg: TagConfig | None = None, counts: list[int] | None = None,
+                      partial: bool = False) -> TagSemantics:
     """Count over shards (``count_shards``), then build the semantics."""
     cfg = cfg or TagConfig()
-    return semantics_from_counts(count_shards(shard_urls, cfg), cfg)
+    return semantics_from_counts(count_shards(shard_urls, cfg, counts, partial), cfg)
 
 
-def count_shards(shard_urls: list[str], cfg: TagConfig) -> TagCounts:
-    """Both counting passes over shards: one Ray task per group of shards, partials summed."""
-    groups = list(iter_chunks(sorted(shard_urls), max(cfg.num_tasks, 1)))
+def count_shards(shard_urls: list[str], cfg: TagConfig, counts: list[int] | None = None,
+                 partial: bool = False) -> TagCounts:
+    """Both counting passes over shards: one Ray task per group of shards, partials summed.
+
+    With ``counts`` (the manifest's, per shard) every shard is accounted against its count; a shard
+    that fell short (truncated, unreadable, ended early) stops the build after pass 1 with one error
+    naming it (``IncompleteRead``) unless ``partial``, when the shortfall is recorded in the stats."""
+    entries = sorted(zip(shard_urls, counts if counts is not None else [None] * len(shard_urls)))
+    groups = list(iter_chunks(entries, max(cfg.num_tasks, 1)))
     if cfg.num_tasks == 0:
         freq = _sum(_freq_task(g, cfg.normalize) for g in groups)
+        _check_short(freq, partial)
         vocab = choose_vocab(freq.freq, cfg.vocab.min_count, cfg.vocab.max_vocab)
         cooc = _merge_cooc((_cooc_task(g, cfg.normalize, vocab, cfg.label_sample) for g in groups),
                            len(vocab), cfg.label_sample)
@@ -107,33 +124,47 @@ def count_shards(shard_urls: list[str], cfg: TagConfig) -> TagCounts:
         freq_remote = ray.remote(_freq_task)
         cooc_remote = ray.remote(_cooc_task)
         freq = _sum(ray.get([freq_remote.remote(g, cfg.normalize) for g in groups]))
+        _check_short(freq, partial)
         vocab = choose_vocab(freq.freq, cfg.vocab.min_count, cfg.vocab.max_vocab)
         vocab_ref = ray.put(vocab)
         cooc = _merge_cooc(ray.get([cooc_remote.remote(g, cfg.normalize, vocab_ref, cfg.label_sample)
                                     for g in groups]), len(vocab), cfg.label_sample)
-    counts = counts_from_partials(freq, cooc, vocab, len(freq.freq))
-    counts.stats["shards"] = len(shard_urls)
-    return counts
+    result = counts_from_partials(freq, cooc, vocab, len(freq.freq))
+    result.stats["shards"] = len(shard_urls)
+    if freq.short_shards:
+        result.stats["short_shards"] = freq.short_shards
+    return result
 
 
-def _freq_task(urls: list[str], norm: NormalizeConfig) -> FrequencyPartial:
+def _check_short(freq: FrequencyPartial, partial: bool) -> None:
+    from shards.reader import IncompleteRead
+
+    if freq.short_shards and not partial:
+        raise IncompleteRead(f"tags build: refusing an incomplete count, {len(freq.short_shards)} shard(s) fell "
+                             f"short: {'; '.join(freq.short_shards[:3])} (pass --partial to accept it)")
+
+
+def _freq_task(entries: list[tuple[str, int | None]], norm: NormalizeConfig) -> FrequencyPartial:
     from trainer.tags.shard_tags import iter_shard_tags
 
     total = FrequencyPartial()
-    for url in urls:
+    for url, expected in entries:
         skips: Counter = Counter()
         examples: list[str] = []
-        part = count_frequencies(iter_shard_tags(url, skips, examples), norm)
+        short: list[str] = []
+        part = count_frequencies(iter_shard_tags(url, skips, examples, expected, short), norm)
         part.skips.update({f"sample_{k}": v for k, v in skips.items()})
         part.skip_examples = examples
+        part.short_shards = short
         total = total + part
     return total
 
 
-def _cooc_task(urls: list[str], norm: NormalizeConfig, vocab: list[str], sample_max: int) -> CooccurrencePartial:
+def _cooc_task(entries: list[tuple[str, int | None]], norm: NormalizeConfig, vocab: list[str],
+               sample_max: int) -> CooccurrencePartial:
     from trainer.tags.shard_tags import iter_shard_tags
 
-    parts = (count_cooccurrence(iter_shard_tags(u, Counter(), []), norm, vocab, sample_max) for u in urls)
+    parts = (count_cooccurrence(iter_shard_tags(u, Counter(), [], n), norm, vocab, sample_max) for u, n in entries)
     return _merge_cooc(parts, len(vocab), sample_max)
 
 

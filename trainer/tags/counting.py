@@ -45,12 +45,14 @@ class FrequencyPartial:
     n_untagged_raw: int = 0              # images with no tag left after normalisation
     skips: Counter = field(default_factory=Counter)
     skip_examples: list[str] = field(default_factory=list)
+    short_shards: list[str] = field(default_factory=list)  # shards that held fewer samples than their manifest
 
     def __add__(self, other: "FrequencyPartial") -> "FrequencyPartial":
         return FrequencyPartial(self.freq + other.freq, self.n_images + other.n_images,
                                 self.n_untagged_raw + other.n_untagged_raw,
                                 self.skips + other.skips,
-                                sorted(self.skip_examples + other.skip_examples)[:20])
+                                sorted(self.skip_examples + other.skip_examples)[:20],
+                                sorted(self.short_shards + other.short_shards))
 
 
 @dataclass

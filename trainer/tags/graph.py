@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from shards.config_checks import at_least, require, within
 from trainer.tags.vectors import off_diagonal
 
 
@@ -38,6 +39,13 @@ class GraphConfig:
     eps: float = 0.05                  # DBSCAN cosine-distance radius
     min_samples: int = 1               # 1: every tag is a core point, no noise (methods.md inference)
     target_units: int | None = None    # when set, eps is bisected so the number of units is closest
+
+    def __post_init__(self):
+        within(self, "mix", 0, 1)
+        at_least(self, "alpha", 0)
+        require(0 < self.eps <= 2, "eps", f"must be a cosine distance in (0, 2], got {self.eps!r}")
+        at_least(self, "min_samples", 1)
+        at_least(self, "target_units", 1, optional=True)
 
 
 def enhance(vectors: np.ndarray, cooc: sp.spmatrix, cfg: GraphConfig, n_images: int) -> np.ndarray:

@@ -11,6 +11,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from shards.config_checks import at_least
+
 # Camera/phone model tags that Flickr clients add automatically ("canon", "eos400d", "nikond80",
 # "iphone4s", "dsc0042"). A project choice: the pattern below is deliberately narrow, and the rule
 # is off unless `drop_camera_tags` is set.
@@ -33,6 +35,9 @@ class NormalizeConfig:
     drop_numeric: bool = True         # "2007", "12:30", "1/250" carry no semantics
     drop_camera_tags: bool = False    # camera-model tags ("nikond80"); off by default
     stop_tags: list[str] = field(default_factory=list)  # dropped after normalisation
+
+    def __post_init__(self):
+        at_least(self, "max_tag_length", 1)
 
 
 class TagNormalizer:

@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from shards.config_checks import above, at_least, within
+
 _TOKEN = re.compile(r"[ _\-]+")
 
 
@@ -46,6 +48,11 @@ class VectorConfig:
     cooccurrence_dim: int = 64       # PPMI-SVD dimension (capped at V - 1)
     context_smoothing: float = 0.75  # PPMI context-distribution smoothing (Levy et al. 2015)
     seed: int = 0
+
+    def __post_init__(self):
+        within(self, "min_coverage", 0, 1)
+        at_least(self, "cooccurrence_dim", 1)
+        above(self, "context_smoothing", 0)
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""docs/results.md on the pretrained backbone: WSDHQ and its references on real MIRFLICKR-25K images.
+
+    .venv/bin/python -m benchmarks.results_backbone [--out runs/results_backbone] [--seeds 0 1 2]
+
+The product's own commands, each printed and appended to ``<out>/commands.txt``:
+``python -m shards mirflickr-matrix`` (images, the split of docs/results.md), ``python -m eval.extract``
+(EfficientNet-Lite0 ImageNet features, once), ``python -m trainer.tags build-matrix``, then per seed
+and model ``python -m trainer.train --config configs/mirflickr_lite0.yaml`` (the Ray Train loop in
+local mode), ``python -m eval.encode --local`` and ``python -m eval.evaluate``. The WSDHQ runs'
+evaluations also train the unsupervised references on the same backbone features
+(``baselines.on=inputs``, L2-normalised, AQD inner-product reading): faiss PQ / OPQ / RQ / LSQ on the
+raw 1280-d features (where faiss can train them on 575 vectors), after PCA-64, and after the weak-tag
+ridge map (the simple tag baseline). A model whose report.json exists is not run again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from benchmarks.results_mirflickr import DATA, REPO, Runner
+
+CONFIG = "configs/mirflickr_lite0.yaml"
+BITS = (8, 16, 24, 32)
+BASELINES = ("pq", "opq", "residual", "lsq")
+PROJECTIONS = ("none", "pca", "tags")
+
+
+def models() -> dict[str, list[str]]:
+    out = {f"wsdhq-{b}": ["method.name=wsdhq", f"method.M={b // 8}"] for b in BITS}
+    out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", "method.M=4"]
+    out["dpq-labels"] = ["method.name=dpq", "method.M=4"]
+    return out
+
+
+class BackboneRunner(Runner):
+    def data(self) -> Path:
+        images, feats = self.out / "images", self.out / "lite0"
+        if not (images / "database" / "manifest.json").is_file():
+            self.sh("-m", "shards", "mirflickr-matrix", str(DATA / "subset1000_with_images.npz"), "--out",
+                    str(images), "--query-fraction", "0.2", "--train-fraction", "0.8", "--train-needs-tags",
+                    "--max-count", "200", "--overwrite")
+        if not (feats / "database" / "manifest.json").is_file():
+            self.sh("-m", "eval.extract", "--shards", str(images), "--out", str(feats), "--local")
+        if not (feats / "tags" / "semantics.json").is_file():
+            self.sh("-m", "trainer.tags", "build-matrix", "--npz",
+                    str(DATA / "cleared20015_tags1386_labels24.npz"), "--labels-key", "labels",
+                    "--out", str(feats / "tags"), "graph.target_units=1178")
+        return feats
+
+    def model(self, data: Path, seed: int, name: str, overrides: list[str]) -> dict:
+        run = f"{name}-s{seed}"
+        report = self.out / "reports" / run / "report.json"
+        if not report.is_file():
+            runs = self.out / "runs"
+            self.sh("-m", "trainer.train", "--config", CONFIG, f"data.train={data / 'train'}",
+                    f"data.tags={data / 'tags'}", f"storage.path={runs}", f"storage.name={run}",
+                    "scaling.num_workers=0", f"training.seed={seed}", f"reader.seed={seed}",
+                    f"method.seed={seed}", *overrides)
+            self.sh("-m", "eval.encode", "--checkpoint", str(runs / run / "final"), "--shards", str(data),
+                    "--out", str(self.out / "codes" / run), "--local")
+            baselines = list(BASELINES) if name.startswith("wsdhq-") else []
+            self.sh("-m", "eval.evaluate", "--query", str(self.out / "codes" / run / "query"), "--database",
+                    str(self.out / "codes" / run / "database"), "--out", str(report.parent),
+                    "--train-shards", str(data / "train"), "--query-shards", str(data / "query"),
+                    "--database-shards", str(data / "database"), "top_k=all",
+                    f"baselines.methods={json.dumps(baselines)}", "baselines.on=inputs", "baselines.normalize=true",
+                    f"baselines.projections={json.dumps(list(PROJECTIONS))}", f"baselines.seed={seed}")
+        rows = json.loads(report.read_text())["rows"]
+        return {f"{r['method']}|{r['scoring']}|{r['bits']}": r["metrics"]["mAP"] for r in rows}
+
+
+def table(results: dict) -> str:
+    """mean ± sample sd over seeds, both conventions; baselines pooled from the WSDHQ runs' reports."""
+    seeds = sorted(results)
+
+    def vals(find, conv):
+        out = []
+        for s in seeds:
+            for model, rows in results[s].items():
+                v = find(model, rows)
+                if v is not None:
+                    out.append(v[conv])
+                    break
+        return out
+
+    def cell(find, conv):
+        v = vals(find, conv)
+        if not v:
+            return "n/a"
+        return f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
+
+    def own(model, bits):
+        def find(m, rows):
+            if m != model:
+                return None
+            for key, v in rows.items():
+                meth, scoring, b = key.split("|")
+                if scoring == "aqd" and b == str(bits) and meth not in BASELINES and "/" not in meth:
+                    return v
+            return None
+        return find
+
+    def feature(model):
+        return lambda m, rows: next((v for k, v in rows.items() if k.endswith("|feature|None")
+                                     and not k.startswith("inputs")), None) if m == model else None
+
+    def baseline(meth, bits):
+        return lambda m, rows: rows.get(f"{meth}|aqd|{bits}") if m == f"wsdhq-{bits}" else None
+
+    inputs_float = lambda m, rows: rows.get("inputs|feature|None") if m == "wsdhq-32" else None  # noqa: E731
+    lines = ["| model | 8 bits | 16 bits | 24 bits | 32 bits | float |", "|---|---|---|---|---|---|"]
+    for conv in ("skip", "zero"):
+        lines.append(f"| **mAP@all, {conv} convention** | | | | | |")
+        wsdhq = [cell(own(f"wsdhq-{b}", b), conv) for b in BITS]
+        lines.append("| WSDHQ, frozen Lite0 + trained head (one model per length) | " + " | ".join(wsdhq)
+                     + f" | {cell(feature('wsdhq-32'), conv)} |")
+        for model, label in (("wsdhq_progressive", "WSDHQ-progressive (one model, every prefix)"),
+                             ("dpq-labels", "DPQ with the 24 labels (upper reference)")):
+            lines.append(f"| {label} | " + " | ".join(cell(own(model, b), conv) for b in BITS)
+                         + f" | {cell(feature(model), conv)} |")
+        lines.append("| Lite0 features, cosine (no code) | | | | | " + cell(inputs_float, conv) + " |")
+        for proj, where in (("", "raw 1280-d"), ("/pca64", "PCA-64"), ("/tags64", "tag-ridge map (weak tags)")):
+            for meth in BASELINES:
+                name = dict(pq="PQ", opq="OPQ", residual="RQ", lsq="LSQ")[meth]
+                lines.append(f"| faiss {name}, Lite0 {where} | "
+                             + " | ".join(cell(baseline(meth + proj, b), conv) for b in BITS) + " | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/results_backbone")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--models", nargs="*", default=None, help="subset of the model names (default: all)")
+    a = p.parse_args(argv)
+    if not (DATA / "subset1000_with_images.npz").is_file():
+        raise SystemExit(f"real MIRFLICKR data not found at {DATA} (../shared/data beside the checkout)")
+    r = BackboneRunner((REPO / a.out).resolve())
+    data = r.data()
+    results = {}
+    for seed in a.seeds:
+        results[seed] = {name: r.model(data, seed, name, ov) for name, ov in models().items()
+                         if a.models is None or name in a.models}
+        (r.out / "results.json").write_text(json.dumps(results, indent=1))
+        (r.out / "results.md").write_text(table(results) + "\n")
+        print(table(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
