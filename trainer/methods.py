@@ -88,10 +88,11 @@ class MethodConfig:
 
     def __post_init__(self):
         within(self, "K", 1, 256)  # codes are uint8
-        for key in ("embed_dim", "M", "icm_sweeps", "code_update_every", "codebook_iters"):
+        for key in ("M", "icm_sweeps", "code_update_every", "codebook_iters"):
             at_least(self, key, 1)
+        at_least(self, "embed_dim", 0)  # 0: the tag / label embeddings' dimension (build_method)
         # the additive quantizer's k-means start splits the dimensions into M blocks
-        require(self.name != "wsdhq" or self.M <= self.embed_dim, "M",
+        require(self.name != "wsdhq" or not self.embed_dim or self.M <= self.embed_dim, "M",
                 f"must be <= method.embed_dim ({self.embed_dim}) for the additive quantizer, got {self.M}")
         require(self.kmeans_sample >= self.K, "kmeans_sample",
                 f"must be >= method.K ({self.K}): k-means needs K rows, got {self.kmeans_sample}")
