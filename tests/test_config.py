@@ -106,8 +106,7 @@ RUN_RANGES = [
      "method.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
     (["method.code_update_every=0"], "method.code_update_every: must be >= 1, got 0"),
     (["method.codebook_iters=0"], "method.codebook_iters: must be >= 1, got 0"),
-    (["method.dead_codewords=reseed"], "method.dead_codewords: 'reseed' acts between the ICM+LS rounds of an "
-     "update; with method.codebook_iters=1 there is none: set codebook_iters > 1 or dead_codewords=restore"),
+    (["method.icm_restarts=0"], "method.icm_restarts: must be >= 1, got 0"),
     (["method.kmeans_sample=100"], "method.kmeans_sample: must be >= method.K (256): k-means needs K rows, got 100"),
     (["method.icm_sweeps=0"], "method.icm_sweeps: must be >= 1, got 0"),
     (["method.lambda_q=-0.1"], "method.lambda_q: must be >= 0, got -0.1"),

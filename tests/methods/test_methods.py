@@ -254,7 +254,7 @@ def test_a_checkpoint_written_before_the_quantizer_saved_its_metric_still_gives_
     m = _trained_wsdhq(weak_set)
     d = tmp_path / "ckpt"
     save_inference(str(d), m, {})
-    old = AdditiveQuantizer(16, 2, 16)
+    old = AdditiveQuantizer(16, 2, 16, icm_restarts=m.quantizer.icm_restarts)  # the same ICM as the model
     old.codebooks, old.is_trained = m.quantizer.codebooks.clone(), True
     buf = io.BytesIO()
     old.save(buf)
