@@ -34,9 +34,9 @@ def test_features_mode_trains_from_an_embedding_set_with_the_same_steps_as_from_
     cfg = run_config(digits_embeddings, tmp_path, "emb", "training.epochs=2")
     result = build_trainer(cfg).fit()
     assert result.error is None
-    with result.checkpoint.as_directory() as d:
-        loaded = checkpointing.load(d)
-        history = json.loads((Path(d) / "metrics.json").read_text())
+    # local mode persists its checkpoints under storage.path/storage.name (no checkpoint reported to Ray)
+    loaded = checkpointing.load_persisted(checkpointing.latest_persisted(str(tmp_path / "emb")))
+    history = loaded.state.metrics
     # 480 rows, batch 40, one rank: 12 steps an epoch, every row once per epoch
     assert loaded.state.step == 24 and [m["samples"] for m in history] == [480, 480]
     assert loaded.method_state["codebook_updates"] == 2 and loaded.method_state["quantizer_trained"] is True
@@ -49,8 +49,7 @@ def test_dpq_takes_its_label_names_from_the_embedding_set(digits_embeddings, tmp
     cfg = run_config(digits_embeddings, tmp_path, "dpq", "training.epochs=1", "method.name=dpq")
     result = build_trainer(cfg).fit()
     assert result.error is None
-    with result.checkpoint.as_directory() as d:
-        assert checkpointing.load(d).state.step == 12
+    assert checkpointing.load_persisted(checkpointing.latest_persisted(str(tmp_path / "dpq"))).state.step == 12
 
 
 def _cli(digits_embeddings, tmp_path, *overrides) -> int:

@@ -89,8 +89,7 @@ def test_bad_samples_met_by_the_training_pass_land_in_the_epoch_record_and_the_l
     cfg = run_config(data, tmp_path, "skips", "training.epochs=1", "reader.num_workers=2")
     result = build_trainer(cfg).fit()
     assert result.error is None
-    with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / "metrics.json").read_text())
+    history = checkpointing.load_persisted(checkpointing.latest_persisted(str(tmp_path / "skips"))).state.metrics
     assert history[0]["skipped"] == 5 and history[0]["skips"] == {"missing_feat": 5}
     assert history[0]["samples"] == 480
     assert "samples/s skipped 5 (missing_feat 5)" in capsys.readouterr().out
