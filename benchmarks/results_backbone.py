@@ -14,13 +14,12 @@ ridge map (the simple tag baseline). A model whose report.json exists is not run
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.results_mirflickr import DATA, REPO, Runner
+from benchmarks.results_mirflickr import DATA, REPO, Runner, parse_args
 
 CONFIG = "configs/mirflickr_lite0.yaml"
 BITS = (8, 16, 24, 32)
@@ -131,13 +130,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/results_backbone")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--models", nargs="*", default=None, help="subset of the model names (default: all)")
-    a = p.parse_args(argv)
-    if not (DATA / "subset1000_with_images.npz").is_file():
-        raise SystemExit(f"real MIRFLICKR data not found at {DATA} (../shared/data beside the checkout)")
+    a = parse_args(argv, __doc__.splitlines()[0], "runs/results_backbone")
     r = BackboneRunner((REPO / a.out).resolve())
     data = r.data()
     results = {}

@@ -170,14 +170,20 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/results_mirflickr")
+def parse_args(argv: list[str] | None, description: str, default_out: str) -> argparse.Namespace:
+    """The results scripts' shared flags; refuses to start without the real data."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=default_out)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="*", default=None, help="subset of the model names (default: all)")
     a = p.parse_args(argv)
     if not (DATA / "subset1000_with_images.npz").is_file():
         raise SystemExit(f"real MIRFLICKR data not found at {DATA} (../shared/data beside the checkout)")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv, __doc__.splitlines()[0], "runs/results_mirflickr")
     r = Runner((REPO / a.out).resolve())
     data = r.data()
     results = {}

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = tconfig.load(ExtractConfig, a.config, a.overrides)
         run(a.shards, a.out, cfg, local=a.local, log=lambda s: print(s, flush=True))
-    except (tconfig.ConfigError, ExtractError, FileNotFoundError, ImportError, ValueError) as exn:
+    except (tconfig.ConfigError, ExtractError, ImportError, ValueError, OSError) as exn:  # names the culprit
         print(f"extract: error: {exn}", file=sys.stderr)
         return 2
     return 0
