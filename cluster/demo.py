@@ -47,6 +47,9 @@ class DemoConfig:
     config: str = "configs/demo.yaml"      # the training config the train jobs start from
     tags_config: str = "configs/tags_demo.yaml"  # tag semantics settings (co-occurrence vectors: see its header)
     workers: int = 2                       # Ray Train workers per training run
+    # Training runs at a time in the train job: most of a demo run is Ray Train's start-up and
+    # shutdown, which two runs overlap (head_cpus must hold parallel x workers).
+    parallel: int = 2
     head_cpus: int = 4                     # logical CPUs of the local head (over-declared on purpose)
     bits: list[int] = field(default_factory=lambda: [8, 16, 24, 32])
     progressive: bool = True               # also train WSDHQ-progressive (one model, every length)
@@ -113,17 +116,25 @@ class Pipeline:
 
         return load(RunConfig, REPO / self.cfg.config).training.epochs
 
-    def job(self, name: str, argv: list[list[str]]) -> None:
+    def job(self, name: str, argv: list[list[str]], parallel: int = 1) -> None:
         """Run one or more commands as ONE Ray job on the head and follow its logs to the end."""
         from cluster import jobs
 
-        entry = [sys.executable, "-m", "cluster.demo", "--chain", json.dumps(argv)]
+        entry = [sys.executable, "-m", "cluster.demo", "--chain", json.dumps(argv), "--parallel", str(parallel)]
         t = time.perf_counter()
-        job_id = jobs.submit(self.address, entry, working_dir=REPO,
-                             env_vars={"PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"})
+        logging.disable(logging.WARNING)  # the job client's packaging chatter; the job's own log is filtered
+        try:
+            job_id = jobs.submit(self.address, entry, working_dir=REPO,
+                                 env_vars={"PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"})
+        finally:
+            logging.disable(logging.NOTSET)
         _log(f"{name}: submitted Ray job {job_id}")
         shown = LogFilter()
-        state = jobs.follow(self.address, job_id, write=lambda s: sys.stdout.write(shown(s)))
+        logging.disable(logging.WARNING)
+        try:
+            state = jobs.follow(self.address, job_id, write=lambda s: sys.stdout.write(shown(s)))
+        finally:
+            logging.disable(logging.NOTSET)
         if state != "SUCCEEDED":
             raise SystemExit(f"demo: Ray job {job_id} ({name}) ended {state}; its logs are above "
                              f"(`wsdhq ray logs {job_id}` while the head runs)")
@@ -162,7 +173,7 @@ class Pipeline:
                 argv.append(f"training.epochs={self.cfg.epochs}")
             todo.append(argv)
         if todo:
-            self.job(f"train {len(todo)} model(s)", todo)
+            self.job(f"train {len(todo)} model(s), {self.cfg.parallel} at a time", todo, self.cfg.parallel)
 
     def stage_encode(self) -> None:
         todo = []
@@ -200,7 +211,6 @@ class Pipeline:
     # ---- the run ----------------------------------------------------------------------------------
     def run(self) -> Path:
         t0 = time.perf_counter()
-        logging.getLogger("ray").setLevel(logging.ERROR)  # job submission's packaging chatter
         self.root.mkdir(parents=True, exist_ok=True)
         self.stage_data()
         head = None
@@ -247,7 +257,7 @@ RAY_RECORD = re.compile(r"^(\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+\]?\s+\S*\s*
 PREFIX = re.compile(r"^\((\w+) pid=\d+(?:, ip=[\d.]+)?\)\s*")
 NOISE = ("Running entrypoint for job", "Checkpoint successfully created", "faiss", "AVX", "Reporting training result",
          "Reported metrics", "please provide at least", "repeated", "Setting up process group",
-         "WebSocket closed", "core_worker.cc")
+         "WebSocket closed", "core_worker.cc", "(raylet)")
 
 
 class LogFilter:
@@ -306,15 +316,35 @@ def results_table(reports: dict, bits: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _chain(commands: list[list[str]]) -> int:
-    """Inside a job: run each ``python <args>`` in turn with this interpreter, stopping at a failure."""
+def _chain(commands: list[list[str]], parallel: int = 1) -> int:
+    """Inside a job: run each ``python <args>`` with this interpreter, ``parallel`` at a time; one at a
+    time streams its output and stops at a failure, several print each command's output whole when it
+    ends (so a person reads one run's lines together) and return the first failure."""
     import subprocess
+    import tempfile
 
-    for args in commands:
-        rc = subprocess.call([sys.executable, *args])
-        if rc:
-            return rc
-    return 0
+    if parallel <= 1:
+        for args in commands:
+            rc = subprocess.call([sys.executable, *args])
+            if rc:
+                return rc
+        return 0
+    running: list[tuple[subprocess.Popen, object]] = []
+    failed, todo = 0, list(commands)
+    while todo or running:
+        while todo and len(running) < parallel:
+            log = tempfile.TemporaryFile(mode="w+")
+            running.append((subprocess.Popen([sys.executable, *todo.pop(0)], stdout=log,
+                                             stderr=subprocess.STDOUT), log))
+        time.sleep(0.2)
+        for proc, log in [r for r in running if r[0].poll() is not None]:
+            running.remove((proc, log))
+            log.seek(0)
+            sys.stdout.write(log.read())
+            sys.stdout.flush()
+            log.close()
+            failed = failed or proc.returncode
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,10 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", default="", help=f"comma-separated stages to run again ({', '.join(STAGES)}, all)")
     p.add_argument("--address", default=None, help="job API of a running Ray cluster (default: start a local head)")
     p.add_argument("--chain", help=argparse.SUPPRESS)
+    p.add_argument("--parallel", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="DemoConfig key=value, e.g. workers=1 epochs=3 out=runs/demo2")
     args = p.parse_args(argv)
     if args.chain:
-        return _chain(json.loads(args.chain))
+        return _chain(json.loads(args.chain), args.parallel)
     data: dict = {}
     try:
         for item in args.overrides:
