@@ -56,20 +56,12 @@ class BaselineConfig:
     normalize: bool = False
 
     def __post_init__(self):
-        from trainer.config import ConfigError
-
-        if self.on not in ("encoder", "inputs"):
-            raise ConfigError(f"baselines.on={self.on!r}: 'encoder' or 'inputs'")
-        bad = sorted(set(self.projections) - set(PROJECTIONS))
-        if bad:
-            raise ConfigError(f"baselines.projections: unknown {bad}; known: {', '.join(PROJECTIONS)}")
-        if self.projection_dim < 1:
-            raise ConfigError(f"baselines.projection_dim={self.projection_dim}: must be >= 1")
-
-    def __post_init__(self):
         one_of(self, "methods", METHODS, many=True)
-        for key in ("max_train", "lsq_train_iters", "opq_iters", "rq_beam_size"):
+        for key in ("max_train", "lsq_train_iters", "opq_iters", "rq_beam_size", "projection_dim"):
             at_least(self, key, 1)
+        at_least(self, "ridge", 0)
+        one_of(self, "on", ("encoder", "inputs"))
+        one_of(self, "projections", PROJECTIONS, many=True)
 
 
 @dataclass

@@ -27,7 +27,6 @@ import io
 import itertools
 import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -272,30 +271,12 @@ class Progress:
 
 
 def _run_ray(checkpoint: str, todo: list[tuple[str, int, str]], cfg: EncodeConfig, progress: Progress) -> list[dict]:
-    import ray
-    from ray.util import ActorPool
+    from eval.actor_pool import run_pool
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    try:
-        res = ray.cluster_resources()
-        gpus = cfg.gpus_per_actor if cfg.gpus_per_actor >= 0 else (1.0 if res.get("GPU", 0) > 0 else 0.0)
-        actors = cfg.actors or max(1, int(res.get("CPU", 2)) - 1)
-        per_call = max(1, cfg.decoders)
-        groups = [todo[i:i + per_call] for i in range(0, len(todo), per_call)]
-        actors = min(actors, len(groups))
-        cls = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=gpus)(ShardEncoder)
-        pool = ActorPool([cls.remote(checkpoint, cfg) for _ in range(actors)])
-        out = []
-        for entries in pool.map_unordered(lambda a, g: a.encode_group.remote(g), groups):
-            for entry in entries:
-                out.append(entry)
-                progress.step(entry["rows"])
-        return out
-    finally:
-        if started:
-            ray.shutdown()
+    per_call = max(1, cfg.decoders)  # each actor call: one shard per decoder
+    groups = [todo[i:i + per_call] for i in range(0, len(todo), per_call)]
+    return run_pool(ShardEncoder, (checkpoint, cfg), "encode_group", groups, cfg.actors, cfg.cpus_per_actor,
+                    cfg.gpus_per_actor, progress)
 
 
 def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool = False, log=print) -> dict | None:

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import sys
 import tarfile
 import time
@@ -37,7 +36,7 @@ import torch
 from eval.decoding import Batch, ReadSpec, prefetch, read_batches
 from eval.encode import Progress, _as_encode_errors
 from shards import storage
-from shards.manifest import MANIFEST_NAME, Manifest, ShardEntry
+from shards.manifest import Manifest, ShardEntry
 from trainer import config as tconfig
 from trainer.encoders import EncoderConfig, build_backbone
 
@@ -197,27 +196,10 @@ def shard_sets(shards: str, out: str) -> list[tuple[Manifest, str]]:
 
 
 def _run_ray(todo: list[tuple[str, int, str]], cfg: ExtractConfig, progress: Progress) -> list[dict]:
-    import ray
-    from ray.util import ActorPool
+    from eval.actor_pool import run_pool
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    try:
-        res = ray.cluster_resources()
-        gpus = cfg.gpus_per_actor if cfg.gpus_per_actor >= 0 else (1.0 if res.get("GPU", 0) > 0 else 0.0)
-        actors = min(cfg.actors or max(1, int(res.get("CPU", 2)) - 1), len(todo))
-        cls = ray.remote(num_cpus=cfg.cpus_per_actor, num_gpus=gpus)(ShardExtractor)
-        pool = ActorPool([cls.remote(cfg) for _ in range(actors)])
-        out = []
-        for entries in pool.map_unordered(lambda a, t: a.extract_group.remote([t]), todo):
-            for e in entries:
-                out.append(e)
-                progress.step(e["rows"])
-        return out
-    finally:
-        if started:
-            ray.shutdown()
+    return run_pool(ShardExtractor, (cfg,), "extract_group", [[t] for t in todo], cfg.actors, cfg.cpus_per_actor,
+                    cfg.gpus_per_actor, progress)
 
 
 def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=print) -> list[str]:

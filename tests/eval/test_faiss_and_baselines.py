@@ -139,3 +139,29 @@ def test_searcher_scans_with_the_tiled_pq_index_by_default():
     cb, codes, _ = _tied_codes(30, 100, 4, 256)
     assert isinstance(bare(AQDSearcher(cb, codes).index), faiss.IndexPQ)
     assert isinstance(bare(AQDSearcher(cb[:, :16], codes % 16, fastscan=True).index), faiss.IndexPQFastScan)
+
+
+def test_projected_baselines_keep_the_inner_product_reading_of_the_mapped_space():
+    """A baseline behind a projection A (D x k) folds its codewords back as A c, so it scores
+    q·(A c) = (Aᵀq)·c: exactly what the same quantizer trained on the mapped features gives for the
+    mapped query, i.e. the same AQD reading as every other row."""
+    from eval.baselines import projection, train_baseline
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 24)).astype(np.float32)
+    tags = [[f"t{i % 7}", f"u{i % 3}"] if i % 5 else [] for i in range(400)]
+    for kind in ("pca", "tags"):
+        a = projection(kind, x, 8, tags)
+        assert a.shape[0] == 24 and 1 <= a.shape[1] <= 8
+        folded = train_baseline("pq", x, x[:50], x[:5], 2, 4, project=a)
+        direct = train_baseline("pq", x @ a, x[:50] @ a, x[:5] @ a, 2, 4)
+        assert np.array_equal(folded.db_codes, direct.db_codes)
+
+        def scores(b, q):
+            recon = b.codebooks[np.arange(2)[None, :], b.db_codes.astype(int)].sum(1)
+            return b.pad_queries(q) @ recon.T
+
+        np.testing.assert_allclose(scores(folded, x[:5]), scores(direct, x[:5] @ a), rtol=1e-4, atol=1e-4)
+    pca = projection("pca", x, 8)
+    np.testing.assert_allclose(pca.T @ pca, np.eye(8), atol=1e-5)  # orthonormal principal directions
+    assert projection("none", x, 8) is None

@@ -3,7 +3,6 @@ preprocessing the TF checkpoints were trained with, and the fine-tuning modes.""
 from __future__ import annotations
 
 import importlib.util
-import io
 import pickle
 
 import numpy as np

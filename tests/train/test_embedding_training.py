@@ -1,9 +1,7 @@
 """Features-mode training from an embedding set (shards.embeddings), in this process (num_workers=0)."""
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
