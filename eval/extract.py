@@ -133,12 +133,13 @@ class ShardExtractor:
             w = EmbeddingSetWriter(storage.parent(out_url), dim=self.dim, dtype=self.cfg.dtype)
             w.write_part(out_url.rstrip("/").rsplit("/", 1)[-1], r["keys"], feat.astype(self.cfg.dtype),
                          r["tags"], r["labels"])
-            nbytes = int(feat.astype(self.cfg.dtype).nbytes)
+            nbytes, digest = int(feat.astype(self.cfg.dtype).nbytes), None
         else:
             data = feature_shard(r["keys"], r["tags"], r["labels"], feat)
             storage.write_bytes(out_url, data)
-            nbytes = len(data)
-        return {"shard": url, "out": out_url, "rows": len(r["keys"]), "bytes": nbytes, "skipped": dict(skipped)}
+            nbytes, digest = len(data), hashlib.sha256(data).hexdigest()
+        return {"shard": url, "out": out_url, "rows": len(r["keys"]), "bytes": nbytes,
+                "sha256": digest, "skipped": dict(skipped)}
 
 
 def _as_extract_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
@@ -167,8 +168,9 @@ def feature_shard(keys: list[str], tags: list[list[str]], labels: list[list[str]
     return buf.getvalue()
 
 
-def written_rows(out_url: str, fmt: str) -> int | None:
-    """Rows of an already written output part; None when it must be (re)done."""
+def written_part(out_url: str, fmt: str) -> dict | None:
+    """rows / bytes / sha256 of an already written output part, from one read; None when it must be
+    (re)done."""
     if fmt == "embeddings":
         from shards.embeddings import EmbeddingSetError, meta_url, npy_url, read_npy_header
 
@@ -176,16 +178,19 @@ def written_rows(out_url: str, fmt: str) -> int | None:
         if not storage.exists(meta_url(parent, name)):  # the parquet, written last, commits a part
             return None
         try:
-            return read_npy_header(npy_url(parent, name)).rows
+            h = read_npy_header(npy_url(parent, name))
         except EmbeddingSetError:
             return None
+        return {"rows": h.rows, "bytes": h.bytes, "sha256": None}
     if not storage.exists(out_url):
         return None
+    data = storage.read_bytes(out_url)
     try:
-        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(out_url))) as tf:
-            return sum(1 for m in tf if m.name.endswith(".feat.npy"))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            rows = sum(1 for m in tf if m.name.endswith(".feat.npy"))
     except tarfile.TarError:
         return None  # a damaged part is redone
+    return {"rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def shard_sets(shards: str, out: str) -> list[tuple[Manifest, str]]:
@@ -224,11 +229,11 @@ def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=prin
         for url, offset, entry in zip(m.shard_urls(), m.offsets(), m.shards):
             name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar") + ext
             target = storage.join(set_out, name)
-            rows = written_rows(target, cfg.format)
-            if rows is None:
+            part = written_part(target, cfg.format)
+            if part is None:
                 plan.append((url, offset, target))
             else:
-                done[url] = {"shard": url, "out": target, "rows": rows, "skipped": None}
+                done[url] = {"shard": url, "out": target, "skipped": None, **part}
     log(f"{sum(len(m.shards) for m, _ in sets)} shards in {len(sets)} set(s): {len(done)} already extracted, "
         f"{len(plan)} to do ({cfg.encoder.kind}, {cfg.format})")
     progress = Progress(len(plan), cfg.progress_every_s, log, verb="extracted")
@@ -259,11 +264,8 @@ def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=prin
                 "from": m.url, "split": m.split, "label_names": m.label_names, "backbone": cfg.encoder.kind,
                 "skipped": dict(Counter(m.skipped) + skipped)}).close()
         else:
-            shards_out = []
-            for e in entries:
-                data = storage.read_bytes(e["out"])
-                shards_out.append(ShardEntry(url=e["out"].rstrip("/").rsplit("/", 1)[-1], count=e["rows"],
-                                             bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+            shards_out = [ShardEntry(url=e["out"].rstrip("/").rsplit("/", 1)[-1], count=e["rows"],
+                                     bytes=e["bytes"], sha256=e["sha256"]) for e in entries]
             Manifest(shards=shards_out, source=source, split=m.split, label_names=m.label_names,
                      skipped=dict(sorted((Counter(m.skipped) + skipped).items())), base_url=set_out).save()
         total = sum(e["rows"] for e in entries)

@@ -327,10 +327,8 @@ class Method:
                                                       "best": ["warm", "kmeans"]}[self.cfg.codebook_start]
         best = None
         for start in starts:
-            if start == "kmeans":
+            if start == "kmeans":  # "warm" is always first: it starts from the codebooks as they are
                 q.init_kmeans(rows, self.cfg.seed + self.codebook_updates)
-            elif best is not None:
-                q.codebooks = best[0]
             n, dead, reseeded = self._fit_rounds(feature_batches, read, reduce, rows, reseed)
             health = q.health(rows, generator=self.update_generator(iters))
             if best is None or health["quantization_error"] < best[3]["quantization_error"]:

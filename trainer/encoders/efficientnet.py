@@ -114,10 +114,8 @@ class EfficientNetLite(nn.Module):
         return self.net.extract_features(x * self.in_scale + self.in_shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.trainable == 0:
-            with torch.no_grad():
-                return self.net._avg_pooling(self.features_map(x)).flatten(1)
-        return self.net._avg_pooling(self.features_map(x)).flatten(1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable != 0):  # frozen: no graph
+            return self.net._avg_pooling(self.features_map(x)).flatten(1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net._fc(self.forward(x))
