@@ -77,23 +77,23 @@ def make_corpus(root: Path, n: int) -> np.ndarray:
 
 
 def make_checkpoint(url: Path, encoder: str = "mlp") -> None:
-    from trainer.checkpoint_io import save_inference
+    from trainer.inference import save_inference
     from trainer.encoders import EncoderConfig
-    from trainer.methods import MethodConfig, build_method, label_embeddings
+    from trainer.methods import method_config, build_method, label_embeddings
 
     torch.manual_seed(0)
     enc = (EncoderConfig(kind="mlp", in_features=FEAT, hidden=512) if encoder == "mlp"
            else EncoderConfig(kind=encoder))
-    m = build_method(MethodConfig(name="wsdhq", embed_dim=EMBED, M=4, K=256), enc, label_embeddings(32, EMBED))
+    m = build_method(method_config(name="wsdhq", embed_dim=EMBED, M=4, K=256), enc, label_embeddings(32, EMBED))
     sample = torch.randn(4000, FEAT) if encoder == "mlp" else torch.randn(300, 3, 64, 64)
     with torch.no_grad():
-        m.codebook_update([m.embed(sample)])
+        m.codebook_update(m.embed(sample))
     m.encoder.eval()
     save_inference(str(url), m, {"tag_semantics_hash": "bench"})
 
 
 def plain(ckpt: Path, x: np.ndarray, batch: int = 256) -> float:
-    from trainer.checkpoint_io import load_inference
+    from trainer.inference import load_inference
 
     model = load_inference(str(ckpt))
     xt = torch.from_numpy(x)
@@ -109,7 +109,7 @@ def plain_images(ckpt: Path, jpgs: list[bytes], size: int, batch: int = 64) -> f
     """The same model over images already decoded and transformed in memory."""
     from shards.images import decode_rgb
     from shards.transforms import eval_transform
-    from trainer.checkpoint_io import load_inference
+    from trainer.inference import load_inference
 
     model = load_inference(str(ckpt))
     xt = torch.stack([eval_transform(decode_rgb(j, "bench"), size) for j in jpgs])
@@ -140,7 +140,7 @@ def profile_images(ckpt: Path, corpus: Path, size: int, repeat: int, batch: int 
     from shards.reader import raw_samples
     from shards.schema import decode_fields
     from shards.transforms import eval_pixels, normalise_batch
-    from trainer.checkpoint_io import load_inference
+    from trainer.inference import load_inference
 
     urls = Manifest.load(str(corpus)).shard_urls()
     samples = [decode_fields(raw, need_image=True) for u in urls for _, raw in raw_samples(u, Counter())]
@@ -195,7 +195,7 @@ from shards.images import decode_rgb
 from shards.manifest import Manifest
 from shards.reader import iter_samples
 from shards.transforms import eval_transform
-from trainer.checkpoint_io import load_inference
+from trainer.inference import load_inference
 model = load_inference(sys.argv[1])
 size, batch = int(sys.argv[3]), int(sys.argv[4])
 jpgs = [s["image"] for u in Manifest.load(sys.argv[2]).shard_urls() for s in iter_samples(u)]

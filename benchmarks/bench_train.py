@@ -3,11 +3,11 @@
     .venv/bin/python -m benchmarks.bench_train [--epochs 3] [--workers 1 2]
 
 1. Throughput: the digits demo (image mode, small CNN, 1260 training images) trained for the same
-   epochs by ``trainer.local_fit.fit_local`` (plain loop over the same shard reader) and by the Ray
+   epochs by ``benchmarks.plain_loop.fit_plain`` (plain loop over the same shard reader) and by the Ray
    Train loop with 1 and 2 workers; samples/s of the training epochs (codebook updates off in both, so
    the same work is timed) and the ratio. Data-wait fraction from the Ray loop's own clock.
 2. Codebook update (encode + all-reduce + solve) as a share of an epoch at the demo's size, from
-   a Ray run with code_update_every=1.
+   a Ray run with update_every=1.
 3. How the update grows with M and N: ``Method.codebook_update`` timed alone on N embeddings
    (one process; the all-reduce of (MK)^2 + MK*D float64 is not in this figure).
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from trainer import config as config_lib
-from trainer.run_config import RunConfig
+from shards import config as config_lib
+from trainer.config import RunConfig
 
 
 def demo_data(root: Path) -> dict:
@@ -43,7 +43,7 @@ def run_config(data: dict, storage: Path, name: str, epochs: int, workers: int, 
         "data": {"train": data["train"], "tags": data["tags"]},
         "reader": {"batch_size": 64, "image_size": 32, "num_workers": 1, "crop_scale": [0.7, 1.0]},
         "encoder": {"kind": "small_cnn", "width": 16},
-        "method": {"embed_dim": data["dim"], "M": 2, "K": 256, "code_update_every": update_every},
+        "method": {"embed_dim": data["dim"], "quantizer": {"M": 2, "K": 256, "update_every": update_every}},
         "training": {"epochs": epochs},
         "scaling": {"num_workers": workers, "collective_timeout_s": 600, "use_gpu": gpu},
         "storage": {"path": str(storage), "name": name},
@@ -51,10 +51,10 @@ def run_config(data: dict, storage: Path, name: str, epochs: int, workers: int, 
 
 
 def plain_loop(cfg: RunConfig, epochs: int, device: str = "cpu") -> tuple[float, float]:
-    """(samples/s of the epochs after the first, wall seconds) of fit_local over the same reader,
+    """(samples/s of the epochs after the first, wall seconds) of fit_plain over the same reader,
     model and optimizer (no Ray, no DDP); the first epoch is left out as in the Ray figure."""
     from shards.reader import make_loader
-    from trainer.local_fit import fit_local
+    from benchmarks.plain_loop import fit_plain
     from trainer.methods import build_method
     from trainer.tags import TagSemantics
 
@@ -72,7 +72,7 @@ def plain_loop(cfg: RunConfig, epochs: int, device: str = "cpu") -> tuple[float,
             yield {"x": b["image"].to(device), "y": torch.from_numpy(tags.targets(b["tags"])).to(device)}
 
     start = time.perf_counter()
-    fit_local(method, batches, epochs, cfg.training.optim)
+    fit_plain(method, batches, epochs, cfg.training.optim)
     end = time.perf_counter()
     return sum(samples[1:]) / (end - starts[1]), end - start
 
@@ -92,17 +92,17 @@ def ray_loop(cfg: RunConfig) -> tuple[list[dict], float]:
 
 def update_scaling(dim: int) -> list[tuple[int, int, float]]:
     from trainer.encoders import EncoderConfig
-    from trainer.methods import MethodConfig, build_method
+    from trainer.methods import method_config, build_method
 
     rows = []
     V = torch.nn.functional.normalize(torch.randn(17, dim), dim=1)
     for M in (1, 2, 4):
         for N in (1260, 5000, 20000):
-            method = build_method(MethodConfig(embed_dim=dim, M=M, K=256), EncoderConfig(kind="mlp", in_features=8), V)
+            method = build_method(method_config(embed_dim=dim, M=M, K=256), EncoderConfig(kind="mlp", in_features=8), V)
             x = torch.nn.functional.normalize(torch.randn(N, dim), dim=1)
-            method.codebook_update([x])  # k-means initialisation + first solve (not timed)
+            method.codebook_update(x)  # k-means initialisation + first solve (not timed)
             start = time.perf_counter()
-            method.codebook_update([x])
+            method.codebook_update(x)
             rows.append((M, N, time.perf_counter() - start))
     return rows
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         never = 10**6
         device = "cuda" if a.gpu else "cpu"
         plain, plain_wall = plain_loop(run_config(data, root, "plain", a.epochs, 0, never), a.epochs, device)
-        print(f"plain loop (fit_local, 1 process):  {plain:8.1f} samples/s  (wall {plain_wall:.1f}s "
+        print(f"plain loop (fit_plain, 1 process):  {plain:8.1f} samples/s  (wall {plain_wall:.1f}s "
               f"for {a.epochs} epochs)")
         for w in a.workers:
             hist, wall = ray_loop(run_config(data, root, f"ray{w}", a.epochs, w, never, a.gpu))

@@ -25,11 +25,11 @@ import torch
 from eval.metrics import average_precision, mean_ap
 from shards.converters.demo import DemoConfig, convert_demo
 from trainer.encoders import EncoderConfig
-from trainer.local_fit import batches_of, fit_local
-from trainer.methods import MethodConfig, OptimConfig, build_method
+from benchmarks.plain_loop import batches_of, fit_plain
+from trainer.methods import method_config, OptimConfig, build_method
 from trainer.tags.build import TagConfig, build_from_shards
 
-AUTHORS = dict(icm_restarts=1, codebook_iters=1, dead_codewords="restore", codebook_start="warm")
+AUTHORS = dict(icm_restarts=1, iters=1, dead_codewords="restore", start="warm")
 
 
 def load(root: str, split: str):
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     root = tempfile.mkdtemp(prefix="wsdhq-health-")
     convert_demo(root, DemoConfig(features=True))
-    from trainer.config import load as load_config
+    from shards.config import load as load_config
 
     from shards.manifest import Manifest
 
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for label, kw in (("authors", AUTHORS), ("this project", {})):
         for m in (1, 2, 4):
-            cfg = MethodConfig(embed_dim=ts.dim, M=m, K=256, seed=0, **kw)
+            cfg = method_config(embed_dim=ts.dim, M=m, K=256, seed=0, **kw)
             meth = build_method(cfg, EncoderConfig(kind="mlp", in_features=64, hidden=256), ts.embeddings)
-            hist = fit_local(meth, batches_of(torch.tensor(xt)[keep], y[keep], 64, 0), a.epochs,
+            hist = fit_plain(meth, batches_of(torch.tensor(xt)[keep], y[keep], 64, 0), a.epochs,
                              OptimConfig(lr=1e-3, decay_every_steps=0))
             q, d = meth.embed(torch.tensor(xq)).numpy(), meth.embed(torch.tensor(xd)).numpy()
             rec = meth.quantizer.decode(meth.encode(torch.tensor(xd))).numpy()

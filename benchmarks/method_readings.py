@@ -17,8 +17,8 @@ import torch
 
 from eval.metrics import average_precision, mean_ap
 from trainer.encoders import EncoderConfig
-from trainer.local_fit import batches_of, fit_local, synthetic_weak_tags
-from trainer.methods import MethodConfig, OptimConfig, build_method, label_embeddings
+from benchmarks.plain_loop import batches_of, fit_plain, synthetic_weak_tags
+from trainer.methods import method_config, OptimConfig, build_method, label_embeddings
 
 SEEDS = (0, 1, 2)
 N_TRAIN, N_QUERY = 600, 200
@@ -38,7 +38,7 @@ def run(cfg: MethodConfig, seed: int, epochs: int, optim: OptimConfig, labels_as
     else:
         y, V = data.tags, data.V
     m = build_method(dataclasses.replace(cfg, seed=seed), EncoderConfig(kind="mlp", in_features=32, hidden=64), V)
-    hist = fit_local(m, batches_of(data.x[tr], y[tr], 100, seed), epochs, optim)
+    hist = fit_plain(m, batches_of(data.x[tr], y[tr], 100, seed), epochs, optim)
     q, codes = m.embed(data.x[qu]), m.encode(data.x[tr])
     maps = [aqd_map(q, m.quantizer.decode(codes[:, :l]), data.labels[qu], data.labels[tr])
             for l in range(1, codes.shape[1] + 1)]
@@ -71,22 +71,22 @@ def main() -> None:
     base = dict(embed_dim=16, M=2, K=16)
     for lam in (1e-4, 1e-1):
         report(f"WSDHQ quantization reading, lambda_q={lam:g} (M=2, K=16: 4 / 8 bits)", {
-            "sphere (paper: z, row-normalised V)": MethodConfig(quant_reading="sphere", lambda_q=lam, **base),
-            "raw (code: tanh f, raw V)": MethodConfig(quant_reading="raw", lambda_q=lam, **base),
+            "sphere (paper: z, row-normalised V)": method_config(space="sphere", lambda_q=lam, **base),
+            "raw (code: tanh f, raw V)": method_config(space="raw", lambda_q=lam, **base),
         }, epochs=8, optim=adam)
     prog = dict(embed_dim=16, M=3, K=16, feature_epochs=3)
     pq_opt = OptimConfig(lr=3e-3, decay_every_steps=0, codebook_lr=1e-2)
     report("DPQ: end to end (paper) vs codebooks only (code)", {
-        "end_to_end=True (paper)": MethodConfig(name="dpq", end_to_end=True, **prog),
-        "end_to_end=False (code)": MethodConfig(name="dpq", end_to_end=False, **prog),
+        "end_to_end=True (paper)": method_config(name="dpq", end_to_end=True, **prog),
+        "end_to_end=False (code)": method_config(name="dpq", end_to_end=False, **prog),
     }, epochs=8, optim=pq_opt, labels_as_targets=True)
     report("DPQ soft-assignment temperature", {
-        "softmax_gamma=1 (code)": MethodConfig(name="dpq", softmax_gamma=1.0, **prog),
-        "softmax_gamma=10 (paper: 'large')": MethodConfig(name="dpq", softmax_gamma=10.0, **prog),
+        "softmax_gamma=1 (code)": method_config(name="dpq", softmax_gamma=1.0, **prog),
+        "softmax_gamma=10 (paper: 'large')": method_config(name="dpq", softmax_gamma=10.0, **prog),
     }, epochs=8, optim=pq_opt, labels_as_targets=True)
     report("wsdhq_progressive: end to end vs codebooks only", {
-        "end_to_end=True": MethodConfig(name="wsdhq_progressive", end_to_end=True, **prog),
-        "end_to_end=False": MethodConfig(name="wsdhq_progressive", end_to_end=False, **prog),
+        "end_to_end=True": method_config(name="wsdhq_progressive", end_to_end=True, **prog),
+        "end_to_end=False": method_config(name="wsdhq_progressive", end_to_end=False, **prog),
     }, epochs=8, optim=pq_opt)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from eval.metrics import average_precision, mean_ap
 from trainer.encoders import EncoderConfig
-from trainer.local_fit import batches_of, fit_local
-from trainer.methods import MethodConfig, OptimConfig, build_method
+from benchmarks.plain_loop import batches_of, fit_plain
+from trainer.methods import method_config, OptimConfig, build_method
 from trainer.tags.vectors import cooccurrence_embeddings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mirflickr25k_real"
@@ -75,9 +75,9 @@ def main() -> None:
         per = {1: [], 2: [], "feat": []}
         for seed in SEEDS:
             for M in (1, 2):
-                cfg = MethodConfig(embed_dim=int(V.shape[1]), M=M, K=64, quant_reading=reading, seed=seed)
+                cfg = method_config(embed_dim=int(V.shape[1]), M=M, K=64, space=reading, seed=seed)
                 m = build_method(cfg, EncoderConfig(kind="mlp", in_features=x.shape[1], hidden=256), V)
-                fit_local(m, batches_of(x[db], tags[db], 100, seed), EPOCHS,
+                fit_plain(m, batches_of(x[db], tags[db], 100, seed), EPOCHS,
                           OptimConfig(lr=1e-3, decay_every_steps=0))
                 q = m.embed(x[qu])
                 per[M].append(aqd(q, m.quantizer.decode(m.encode(x[db]))))

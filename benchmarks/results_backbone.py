@@ -28,9 +28,10 @@ PROJECTIONS = ("none", "pca", "tags")
 
 
 def models() -> dict[str, list[str]]:
-    out = {f"wsdhq-{b}": ["method.name=wsdhq", f"method.M={b // 8}"] for b in BITS}
-    out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", "method.M=4"]
-    out["dpq-labels"] = ["method.name=dpq", "method.M=4"]
+    out = {f"wsdhq-{b}": ["method.name=wsdhq", f"method.quantizer.M={b // 8}"] for b in BITS}
+    progressive = "method.quantizer={kind: progressive, M: 4, feature_epochs: 3}"  # L_Q from epoch 3 of 6
+    out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", progressive]
+    out["dpq-labels"] = ["method.name=dpq", progressive]
     return out
 
 

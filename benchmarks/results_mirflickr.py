@@ -38,10 +38,11 @@ def models() -> dict[str, list[str]]:
     out = {}
     for reading in ("sphere", "raw"):
         for bits in BITS:
-            out[f"wsdhq-{reading}-{bits}"] = ["method.name=wsdhq", f"method.quant_reading={reading}",
-                                             f"method.M={bits // 8}"]
-    out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", "method.M=4"]
-    out["dpq-labels"] = ["method.name=dpq", "method.M=4"]
+            out[f"wsdhq-{reading}-{bits}"] = ["method.name=wsdhq", f"method.space={reading}",
+                                             f"method.quantizer.M={bits // 8}"]
+    progressive = "method.quantizer={kind: progressive, M: 4, feature_epochs: 20}"  # L_Q from epoch 20 of 40
+    out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", progressive]
+    out["dpq-labels"] = ["method.name=dpq", progressive]
     return out
 
 

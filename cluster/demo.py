@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import ConfigError, apply_override, from_dict
+from shards.config import ConfigError, apply_override, from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("data", "tags", "train", "encode", "evaluate")
@@ -93,14 +93,14 @@ class Pipeline:
 
     def models(self) -> list[tuple[str, list[str]]]:
         """(run name, train overrides) of every model the demo trains."""
-        out = [(f"wsdhq-{b}", ["method.name=wsdhq", f"method.M={b // 8}"]) for b in self.cfg.bits]
+        out = [(f"wsdhq-{b}", ["method.name=wsdhq", f"method.quantizer.M={b // 8}"]) for b in self.cfg.bits]
         if self.cfg.progressive:
             # DPQ's feature-only stage (32 epochs by default) is cut to half of the demo's budget,
             # or the quantization loss would never switch on.
             epochs = self.cfg.epochs or self.config_epochs()
             out.append(("wsdhq_progressive", ["method.name=wsdhq_progressive",
-                                              f"method.M={max(self.cfg.bits) // 8}",
-                                              f"method.feature_epochs={epochs // 2}"]))
+                                              f"method.quantizer={{kind: progressive, M: {max(self.cfg.bits) // 8}, "
+                                              f"feature_epochs: {epochs // 2}}}"]))
         return out
 
     @functools.cached_property
@@ -111,8 +111,8 @@ class Pipeline:
         return TagSemantics.load(str(self.tags)).dim
 
     def config_epochs(self) -> int:
-        from trainer.config import load
-        from trainer.run_config import RunConfig
+        from shards.config import load
+        from trainer.config import RunConfig
 
         return load(RunConfig, REPO / self.cfg.config).training.epochs
 

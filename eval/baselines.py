@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval.faiss_export import _faiss
-from shards.config_checks import at_least, one_of
+from shards.config import at_least, one_of
 
 METHODS = ("pq", "opq", "residual", "lsq", "random")
 PROJECTIONS = ("none", "pca", "tags")

@@ -40,9 +40,9 @@ import torch
 from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
 from eval.decoding import SHORT, Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
 from shards import storage
-from shards.config_checks import above, at_least, within
+from shards.config import above, at_least, within
 from shards.manifest import Manifest, check_shards, sha256_of
-from trainer import config as tconfig
+from shards import config as tconfig
 
 JOB_FILE = "encode_job.json"  # written first: pins the checkpoint a (resumed) job writes for
 
@@ -107,7 +107,7 @@ def checkpoint_identity(checkpoint: str) -> dict:
     except (UnicodeDecodeError, ValueError) as exn:
         raise EncodeError(f"checkpoint {checkpoint}: meta.json is not UTF-8 JSON ({exn})") from None
     hashes = {}
-    for name in ("model.pt", "quantizer.npz") + ((meta["icm_weights"],) if meta.get("icm_weights") else ()):
+    for name in ("model.pt", "quantizer.npz"):
         try:
             hashes[name] = sha256_of(storage.join(checkpoint, name))[0]
         except FileNotFoundError:
@@ -139,12 +139,12 @@ class ShardEncoder:
     into one code file."""
 
     def __init__(self, checkpoint: str, cfg: EncodeConfig):
-        from trainer.checkpoint_io import load_inference
+        from trainer.inference import load_inference
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_inference(checkpoint, self.device)
         self.cfg = cfg
-        enc = self.model.meta.get("encoder_config", {})
+        enc = self.model.encoder_config
         self.features_only = enc.get("kind") == "mlp"
         self.in_features = enc.get("in_features") if self.features_only else None
         # Image encoders are fed the size they were trained at unless told otherwise: another size
@@ -288,7 +288,7 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     meta = ident["meta"]
     q = read_quantizer(checkpoint)
     if not local:  # an unusable model.pt is one line here, not a traceback from every Ray actor
-        from trainer.checkpoint_io import load_inference
+        from trainer.inference import load_inference
 
         load_inference(checkpoint, "cpu")
     job = {"checkpoint": checkpoint, "checkpoint_sha256": ident["sha256"],
@@ -364,7 +364,7 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     skipped = Counter()
     for f in files:
         skipped.update(f.pop("skipped") or {})
-    info = {"quantizer_kind": q.kind, "M": q.M, "K": q.K, "D": q.D, "bits": int(q.M * np.log2(q.K)),
+    info = {"quantizer_kind": q.kind, "M": q.M, "K": q.K, "D": q.D, "bits": q.spec.bits,
             "method": meta.get("method"), "checkpoint": checkpoint, "checkpoint_sha256": ident["sha256"],
             "tag_semantics_hash": meta.get("tag_semantics_hash"), "has_features": cfg.features,
             "source": {"url": source.url, "split": source.split, "total": source.total, "source": source.source},

@@ -26,8 +26,8 @@ from eval.codes import CodeSet, CodeSetError, check_compatible, load_code_set
 from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
 from eval.scoring import AQDSearcher, decode, query_chunks, search_features
 from shards import storage
-from shards.config_checks import at_least, one_of, require
-from trainer import config as tconfig
+from shards.config import at_least, one_of, require
+from shards import config as tconfig
 
 
 @dataclass

@@ -37,7 +37,7 @@ from eval.decoding import Batch, ReadSpec, prefetch, read_batches
 from eval.encode import Progress, _as_encode_errors
 from shards import storage
 from shards.manifest import Manifest, ShardEntry
-from trainer import config as tconfig
+from shards import config as tconfig
 from trainer.encoders import EncoderConfig, build_backbone
 
 JOB_FILE = "extract_job.json"

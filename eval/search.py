@@ -132,9 +132,11 @@ def tag_query(meta: dict, tags: str, tag_semantics: str | None = None) -> tuple[
     from trainer.tags import TagSemantics
     from trainer.tags.artifact import ArtifactError
 
-    if meta.get("method") == "dpq":
-        raise SearchError("--tags needs a weak-tag checkpoint (wsdhq, wsdhq_progressive): DPQ's label "
-                          "embeddings carry no tag semantics")
+    from trainer.methods import METHODS
+
+    if METHODS[meta["method"]].supervision != "tags":
+        raise SearchError(f"--tags needs a weak-tag checkpoint (wsdhq, wsdhq_progressive): {meta['method']}'s "
+                          "label embeddings carry no tag semantics")
     url = tag_semantics or (meta.get("config") or {}).get("data", {}).get("tags")
     if not url:
         raise SearchError("the checkpoint does not record its tag semantics artifact: pass --tag-semantics")
@@ -169,9 +171,9 @@ def image_query(checkpoint: str, meta: dict, path: str) -> tuple[np.ndarray, np.
     from shards.images import decode_rgb
     from shards.schema import SampleError
     from shards.transforms import eval_pixels, normalise_batch
-    from trainer.checkpoint_io import load_inference
+    from trainer.inference import load_inference
 
-    if (meta.get("encoder_config") or {}).get("kind") == "mlp":
+    if meta["config"]["encoder"]["kind"] == "mlp":
         raise SearchError(f"checkpoint {checkpoint} encodes precomputed features (feat.npy), not images: "
                           "query by --key or --tags")
     try:

@@ -8,31 +8,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shards.config import add_arguments, from_arguments
 from shards.manifest import Manifest, ManifestError, verify
 from shards.writer import SPLITS, ShardingConfig
 
 
 def _sharding_args(p: argparse.ArgumentParser, defaults: ShardingConfig) -> None:
-    g = p.add_argument_group("sharding and splits")
+    """Output flags, and one flag per ``ShardingConfig`` field (``shards.config.add_arguments``)."""
+    g = p.add_argument_group("sharding and splits (ShardingConfig)")
     g.add_argument("--out", required=True, help="output root (local dir or s3://bucket/prefix)")
-    g.add_argument("--max-count", type=int, default=defaults.max_count, help="samples per shard at most")
-    g.add_argument("--max-bytes", type=int, default=defaults.max_bytes, help="bytes per shard (about) at most")
-    g.add_argument("--query-fraction", type=float, default=defaults.query_fraction)
-    g.add_argument("--train-fraction", type=float, default=defaults.train_fraction)
-    g.add_argument("--split-seed", type=int, default=defaults.split_seed)
-    g.add_argument("--database-excludes-train", action="store_true",
-                   help="database = non-query non-train items (default: database includes train)")
-    g.add_argument("--train-needs-tags", action="store_true",
-                   help="untagged items never go to train (they stay in the database)")
-    g.add_argument("--no-validate-images", action="store_true", help="check image headers only, not pixels")
     g.add_argument("--overwrite", action="store_true", help="replace existing shard sets under --out")
-
-
-def _sharding(a: argparse.Namespace) -> ShardingConfig:
-    return ShardingConfig(max_count=a.max_count, max_bytes=a.max_bytes, query_fraction=a.query_fraction,
-                          train_fraction=a.train_fraction, database_includes_train=not a.database_excludes_train,
-                          split_seed=a.split_seed, validate_images=not a.no_validate_images,
-                          train_needs_tags=a.train_needs_tags)
+    add_arguments(g, ShardingConfig, defaults)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if whole else 1
         if args.cmd == "verify":
             return _verify(args.sets, checksums=not args.sizes_only)
-        sharding = _sharding(args)
+        sharding = from_arguments(ShardingConfig, args)
         if args.cmd == "demo":
             w = demo.convert_demo(args.out, demo.DemoConfig(seed=args.seed, features=args.features), sharding,
                                   args.overwrite)

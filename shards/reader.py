@@ -41,7 +41,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 from webdataset.utils import make_seed
 
 from shards import storage
-from shards.config_checks import at_least, require
+from shards.config import at_least, require
 from shards.images import DEFAULT_MAX_PIXELS, decode_rgb
 from shards.manifest import Manifest, check_shards
 from shards.schema import IMAGE_EXTS, SampleError, decode_fields

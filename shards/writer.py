@@ -20,6 +20,7 @@ import numpy as np
 import webdataset as wds
 
 from shards import storage
+from shards.config import at_least, require, within
 from shards.images import DEFAULT_MAX_PIXELS, probe_image
 from shards.manifest import MANIFEST_NAME, Manifest, ShardEntry, sha256_of
 from shards.schema import SampleError, encode_sample
@@ -55,12 +56,14 @@ class ShardingConfig:
     train_needs_tags: bool = False
 
     def __post_init__(self):
-        if not (0 < self.query_fraction < 1 and 0 < self.train_fraction and
-                self.query_fraction + self.train_fraction <= 1):
-            raise ValueError(f"query_fraction={self.query_fraction} and train_fraction={self.train_fraction} "
-                             "must be in (0, 1) and sum to at most 1")
-        if self.max_count < 1 or self.max_bytes < 1:
-            raise ValueError("max_count and max_bytes must be positive")
+        within(self, "query_fraction", 0, 1, high_open=True)
+        require(0 < self.query_fraction and 0 < self.train_fraction
+                and self.query_fraction + self.train_fraction <= 1, "train_fraction",
+                f"must be > 0 with query_fraction + train_fraction <= 1, got {self.train_fraction} "
+                f"(query_fraction {self.query_fraction})")
+        at_least(self, "max_count", 1)
+        at_least(self, "max_bytes", 1)
+        at_least(self, "max_pixels", 1)
 
     def splits_of(self, key: str, tagged: bool = True) -> tuple[str, ...]:
         u = int.from_bytes(hashlib.blake2b(f"{self.split_seed}:{key}".encode(), digest_size=8).digest(),

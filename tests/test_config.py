@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from trainer.config import ConfigError, apply_override, from_dict, load, to_dict
+from shards.config import ConfigError, apply_override, from_dict, load, to_dict
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Ranged:
     steps: int = 10
 
     def __post_init__(self):
-        from shards.config_checks import at_least
+        from shards.config import at_least
 
         at_least(self, "steps", 1)
 
@@ -100,17 +100,24 @@ RUN_RANGES = [
     (["reader.num_workers=-1"], "reader.num_workers: must be >= 0, got -1"),
     (["reader.crop_scale=[0.5, 0.2]"],
      "reader.crop_scale: must be (low, high) with 0 < low <= high <= 1, got (0.5, 0.2)"),
-    (["method.K=0"], "method.K: must be in [1, 256], got 0"),
-    (["method.K=300"], "method.K: must be in [1, 256], got 300"),
-    (["method.embed_dim=8", "method.M=9"],
-     "method.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
-    (["method.code_update_every=0"], "method.code_update_every: must be >= 1, got 0"),
-    (["method.codebook_iters=0"], "method.codebook_iters: must be >= 1, got 0"),
-    (["method.icm_restarts=0"], "method.icm_restarts: must be >= 1, got 0"),
-    (["method.kmeans_sample=100"], "method.kmeans_sample: must be >= method.K (256): k-means needs K rows, got 100"),
-    (["method.icm_sweeps=0"], "method.icm_sweeps: must be >= 1, got 0"),
-    (["method.lambda_q=-0.1"], "method.lambda_q: must be >= 0, got -0.1"),
-    (["method.softmax_gamma=0"], "method.softmax_gamma: must be > 0, got 0.0"),
+    (["method.quantizer.K=0"], "method.quantizer.K: must be in [1, 256], got 0"),
+    (["method.quantizer.K=300"], "method.quantizer.K: must be in [1, 256], got 300"),
+    (["method.embed_dim=8", "method.quantizer.M=9"],
+     "method.quantizer.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
+    (["method.quantizer.update_every=0"], "method.quantizer.update_every: must be >= 1, got 0"),
+    (["method.quantizer.iters=0"], "method.quantizer.iters: must be >= 1, got 0"),
+    (["method.quantizer.icm_restarts=0"], "method.quantizer.icm_restarts: must be >= 1, got 0"),
+    (["method.quantizer.kmeans_sample=100"], "method.quantizer.kmeans_sample: must be >= K (256): k-means needs K rows, got 100"),
+    (["method.quantizer.icm_sweeps=0"], "method.quantizer.icm_sweeps: must be >= 1, got 0"),
+    (["method.quantizer.lambda_q=-0.1"], "method.quantizer.lambda_q: must be >= 0, got -0.1"),
+    (["method.name=dpq", "method.quantizer.softmax_gamma=0"],
+     "method.quantizer.softmax_gamma: must be > 0, got 0.0"),
+    # the quantizer section is a tagged union: kind picks the member (the preset's when absent)
+    (["method.quantizer.kind=bogus"], "method.quantizer.kind: 'bogus' is not one of 'additive', 'progressive'"),
+    (["method.name=dpq", "method.quantizer.update_every=2"],
+     "unknown config key 'update_every' under 'method.quantizer'; known: K, M, end_to_end, feature_epochs, init, "
+     "kind, kmeans_sample, mu, nu, softmax_gamma, tau"),
+    (["method.name=bogus"], "method.name: 'bogus' is not one of 'wsdhq', 'wsdhq_progressive', 'dpq'"),
     (["training.epochs=0"], "training.epochs: must be >= 1, got 0"),
     (["training.optim.lr=-1"], "training.optim.lr: must be >= 0, got -1.0"),
     (["training.optim.momentum=1"], "training.optim.momentum: must be in [0, 1), got 1.0"),
@@ -134,7 +141,7 @@ RUN_RANGES = [
 
 @pytest.mark.parametrize("overrides, message", RUN_RANGES)
 def test_every_range_of_the_run_config_is_refused_when_it_loads_naming_the_dotted_key(overrides, message):
-    from trainer.run_config import RunConfig
+    from trainer.config import RunConfig
 
     with pytest.raises(ConfigError) as e:
         load(RunConfig, None, overrides)
@@ -142,15 +149,38 @@ def test_every_range_of_the_run_config_is_refused_when_it_loads_naming_the_dotte
 
 
 def test_the_edges_of_the_run_config_ranges_are_accepted():
-    from trainer.run_config import RunConfig
+    from trainer.config import RunConfig
 
-    cfg = load(RunConfig, None, ["reader.batch_size=1", "method.K=256", "method.embed_dim=4", "method.M=4",
-                                 "method.codebook_iters=2", "method.dead_codewords=reseed", "training.optim.lr=0",
-                                 "method.name=dpq", "encoder.num_classes=3", "failure.max_failures=-1",
-                                 "method.kmeans_sample=256"])
-    assert (cfg.reader.batch_size, cfg.method.K, cfg.method.M, cfg.encoder.num_classes) == (1, 256, 4, 3)
+    cfg = load(RunConfig, None, ["reader.batch_size=1", "method.quantizer.K=256", "method.embed_dim=4",
+                                 "method.quantizer.M=4", "method.quantizer.iters=2",
+                                 "method.quantizer.dead_codewords=reseed", "training.optim.lr=0",
+                                 "failure.max_failures=-1", "method.quantizer.kmeans_sample=256"])
+    q = cfg.method.quantizer
+    assert (cfg.reader.batch_size, q.kind, q.K, q.M, q.iters) == (1, "additive", 256, 4, 2)
+    dpq = load(RunConfig, None, ["method.name=dpq", "encoder.num_classes=3", "method.embed_dim=2",
+                                 "method.quantizer.M=4", "method.quantizer.kmeans_sample=256"])
     # the progressive quantizer has no block split: more levels than dimensions is allowed
-    assert load(RunConfig, None, ["method.name=dpq", "method.embed_dim=2", "method.M=4"]).method.M == 4
+    assert (dpq.encoder.num_classes, dpq.method.quantizer.kind, dpq.method.quantizer.M) == (3, "progressive", 4)
+
+
+def test_a_preset_brings_its_defaults_and_composes_with_either_quantizer():
+    from trainer.config import RunConfig
+
+    def method(*overrides):
+        return load(RunConfig, None, list(overrides)).method
+
+    wsdhq, dpq, wp = method(), method("method.name=dpq"), method("method.name=wsdhq_progressive")
+    assert (wsdhq.space, wsdhq.loss.mask, wsdhq.quantizer.kind) == ("sphere", "pos_neg", "additive")
+    assert (dpq.space, dpq.loss.mask, dpq.quantizer.kind, dpq.quantizer.init) == ("raw", "all", "progressive",
+                                                                                  "random")
+    assert (wp.space, wp.quantizer.kind, wp.quantizer.init) == ("sphere", "progressive", "kmeans")
+    # a preset with the other quantizer: WSDHQ's weak-tag loss on progressive codes, DPQ's on additive
+    mixed = method("method.quantizer={kind: progressive, M: 2}")
+    assert (mixed.name, mixed.quantizer.kind, mixed.quantizer.M, mixed.quantizer.init) == (
+        "wsdhq", "progressive", 2, "kmeans")
+    assert method("method.name=dpq", "method.quantizer.kind=additive").quantizer.update_every == 2
+    # what the user set wins over the preset
+    assert method("method.name=dpq", "method.loss.mask=pos_neg").loss.mask == "pos_neg"
 
 
 @pytest.mark.parametrize("component, overrides, message", [

@@ -98,3 +98,14 @@ def gather_rows(rows: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, 
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+class ProcessGroupCollectives:
+    """``trainer.methods.Collectives`` over the process group Ray Train set up (the identity when
+    none is up, so one process and N workers run the same codebook update)."""
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(t)
+
+    def gather_rows(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return gather_rows(rows, index)[0]

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer import checkpointing, distributed as dist
-from trainer.checkpointing import TrainState
-from trainer.config import from_dict, to_dict
+from trainer import distributed as dist, resume
+from trainer.resume import TrainState
+from shards.config import from_dict, to_dict
 from trainer.metrics_log import EpochClock, format_line, plot_curves
-from trainer.run_config import RunConfig
+from trainer.config import RunConfig
 
 
 @dataclass
@@ -50,7 +50,7 @@ class WorkerRun:
 def train_loop_per_worker(config: dict) -> None:
     cfg = from_dict(RunConfig, config)
     run = build_worker_run(cfg)
-    state = resume(run) or fresh_state(run)
+    state = resumed_state(run) or fresh_state(run)
     log = print if run.rank == 0 else (lambda *_, **__: None)
     for epoch in range(state.epoch, cfg.training.epochs):
         terms, clock = train_epoch(run, state, epoch)
@@ -140,17 +140,17 @@ class Supervision:
         from trainer.tags import TagSemantics
 
         tags = TagSemantics.load(cfg.data.tags)
-        if cfg.method.name != "dpq":
+        if cfg.method.spec.supervision == "tags":
             return cls(tags, tags.embeddings, tags.hash, None)
+        from shards.embeddings import is_embedding_set, open_embedding_set
         from shards.manifest import Manifest
         from trainer.methods import LABEL_EMBED_DIM, label_embeddings
-
-        from shards.embeddings import is_embedding_set, open_embedding_set
 
         names = (open_embedding_set(cfg.data.train, cfg.reader.label_column or None).label_names
                  if is_embedding_set(cfg.data.train) else Manifest.load(cfg.data.train).label_names)
         if not names:
-            raise ValueError(f"method.name=dpq needs labels; the manifest at {cfg.data.train} has none")
+            raise ValueError(f"method.name={cfg.method.name} needs labels; the manifest at {cfg.data.train} "
+                             "has none")
         dim = cfg.method.embed_dim or LABEL_EMBED_DIM
         return cls(tags, label_embeddings(len(names), dim, cfg.method.seed).numpy(),
                    tags.hash, list(names))
@@ -189,11 +189,11 @@ def precision(run: WorkerRun):
 # ---- resume ----------------------------------------------------------------------------------
 
 def fresh_state(run: WorkerRun) -> TrainState:
-    checkpointing.seed_everything(run.cfg.training.seed * 1000 + run.rank)
+    resume.seed_everything(run.cfg.training.seed * 1000 + run.rank)
     return TrainState(data_seed=run.cfg.reader.seed)
 
 
-def resume(run: WorkerRun) -> TrainState | None:
+def resumed_state(run: WorkerRun) -> TrainState | None:
     """Load the latest reported checkpoint (after a worker failure, or a re-run with the same name)."""
     import ray.train
 
@@ -203,11 +203,11 @@ def resume(run: WorkerRun) -> TrainState | None:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        loaded = checkpointing.load(d)
+        loaded = resume.load(d)
         _check_tags(run, loaded)
         run.method.load_state_dict(loaded.method_state)
         if run.engine is not None:
-            run.engine.load_checkpoint(str(Path(d) / checkpointing.DEEPSPEED_DIR))
+            run.engine.load_checkpoint(str(Path(d) / resume.DEEPSPEED_DIR))
         else:
             run.optimizer.load_state_dict(loaded.optimizer)
     return _restore(run, loaded)
@@ -215,10 +215,10 @@ def resume(run: WorkerRun) -> TrainState | None:
 
 def _resume_local(run: WorkerRun) -> TrainState | None:
     """Local mode: the newest checkpoint this run persisted itself under storage (``save_and_report``)."""
-    url = checkpointing.latest_persisted(_run_url(run))
+    url = resume.latest_persisted(_run_url(run))
     if url is None:
         return None
-    loaded = checkpointing.load_persisted(url)
+    loaded = resume.load_persisted(url)
     _check_tags(run, loaded)
     run.method.load_state_dict(loaded.method_state)
     run.optimizer.load_state_dict(loaded.optimizer)
@@ -242,10 +242,10 @@ def _check_tags(run: WorkerRun, loaded) -> None:
 def _restore(run: WorkerRun, loaded) -> TrainState:
     state = loaded.state
     if len(state.rng) == run.world_size:
-        checkpointing.set_rng_state(state.rng[run.rank]["global"])
+        resume.set_rng_state(state.rng[run.rank]["global"])
         run.method.generator.set_state(state.rng[run.rank]["icm"])
     else:  # elastic restart at another size: the per-rank streams cannot carry over
-        checkpointing.seed_everything(run.cfg.training.seed * 1000 + state.epoch * 100 + run.rank)
+        resume.seed_everything(run.cfg.training.seed * 1000 + state.epoch * 100 + run.rank)
     if run.rank == 0:
         print(f"resumed {run.cfg.storage.name} at epoch {state.epoch} step {state.step}", flush=True)
     return state
@@ -304,19 +304,12 @@ def update_codebooks(run: WorkerRun, epoch: int) -> dict[str, Any]:
     x = torch.cat(feats) if feats else torch.zeros(0, method.cfg.embed_dim)
     idx = torch.cat(index) if index else torch.zeros(0, dtype=torch.int64)
     order = torch.argsort(idx)
-    x, idx = x[order], idx[order]
     embedded = time.perf_counter()
-
-    def gather_sample(sample: torch.Tensor) -> torch.Tensor:
-        return dist.gather_rows(sample, idx[: len(sample)])[0]
-
-    method.generator.manual_seed(run.cfg.method.seed * 1_000_003 + epoch)
-    info = method.codebook_update([x], reduce=lambda flat: dist.all_reduce_sum(flat.to(torch.float64)),
-                                  gather_sample=gather_sample)
+    info = method.codebook_update(x[order], idx[order], dist.ProcessGroupCollectives(), epoch)
     out = {"codebook_update_seconds": dist.all_reduce_max(time.perf_counter() - started),
            "codebook_embed_seconds": dist.all_reduce_max(embedded - started),
            "codebook_samples": int(info["samples"])}
-    if not method.progressive:  # a progressive k-means start has no least-squares solve to judge
+    if "quantization_error" in info:  # a k-means start of gradient codebooks has no solve to judge
         out.update(quantization_error=info["quantization_error"], live_codewords=info["live_codewords"])
     return out
 
@@ -358,21 +351,21 @@ def save_and_report(run: WorkerRun, state: TrainState, record: dict[str, Any]) -
     checkpoint = state.epoch % every == 0 or state.epoch == run.cfg.training.epochs
     directory = None
     if checkpoint:
-        state.rng = dist.all_gather_object({"global": checkpointing.rng_state(),
+        state.rng = dist.all_gather_object({"global": resume.rng_state(),
                                             "icm": run.method.generator.get_state()})
     if checkpoint and (run.rank == 0 or run.engine is not None):
-        directory = (checkpointing.local_checkpoint_dir(_run_url(run), state.epoch) if local
+        directory = (resume.local_checkpoint_dir(_run_url(run), state.epoch) if local
                      else Path(tempfile.mkdtemp(prefix=f"wsdhq-ckpt-e{state.epoch}-r{run.rank}-")))
         if run.engine is not None:  # collective: every rank writes its ZeRO shard
-            run.engine.save_checkpoint(str(directory / checkpointing.DEEPSPEED_DIR), tag=f"epoch{state.epoch}")
+            run.engine.save_checkpoint(str(directory / resume.DEEPSPEED_DIR), tag=f"epoch{state.epoch}")
         if run.rank == 0:
-            checkpointing.save(directory, state=state, method_state=run.method.state_dict(),
+            resume.save(directory, state=state, method_state=run.method.state_dict(),
                                optimizer=None if run.engine is not None else run.optimizer.state_dict(),
                                scheduler=None, config=to_dict(run.cfg),
                                tag_semantics_hash=run.tag_semantics_hash)
     scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
     if directory is not None and local:  # Ray's local mode persists nothing: copy it to storage ourselves
-        checkpointing.persist(directory, _run_url(run), state.epoch, run.cfg.storage.keep_checkpoints)
+        resume.persist(directory, _run_url(run), state.epoch, run.cfg.storage.keep_checkpoints)
     ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(directory))
                      if directory is not None and not local else None)
     if directory is not None and not local:
@@ -384,14 +377,13 @@ def write_final(run: WorkerRun, state: TrainState) -> None:
     import json
 
     from shards import storage
-    from trainer.checkpoint_io import save_inference
+    from trainer.inference import save_inference
 
     from trainer.methods import unwrap
 
     final = storage.join(run.cfg.storage.path, run.cfg.storage.name, "final")
     unwrap(run.method.net).cpu()  # the files are read on CPU machines too
-    if not run.method.progressive:
-        run.method.quantizer.codebooks = run.method.quantizer.codebooks.cpu()
+    run.method.quantizer.to("cpu")
     save_inference(final, run.method, {"config": to_dict(run.cfg), "epoch": state.epoch,
                                        "step": state.step, "tag_semantics_hash": run.tag_semantics_hash},
                    image_size=run.cfg.reader.image_size)

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from trainer import config as config_lib
-from trainer.config import ConfigError
-from trainer.run_config import RunConfig
+from shards import config as config_lib
+from shards.config import ConfigError
+from trainer.config import RunConfig
 
 
 class InputError(ValueError):
@@ -55,16 +55,16 @@ def preflight(cfg: RunConfig) -> dict:
             check_shards(manifest)
     except (OSError, ValueError) as e:
         raise InputError(f"data.train: {e}") from None
-    kmeans = cfg.method.name == "wsdhq" or (cfg.method.progressive_init == "kmeans" or (
-        cfg.method.progressive_init == "auto" and cfg.method.name == "wsdhq_progressive"))
+    kmeans, K = cfg.method.kmeans_start, cfg.method.quantizer.K
     if kmeans:
         try:
             require_faiss()
         except ImportError as e:
-            raise ConfigError(f"method.name={cfg.method.name}: {e}") from None
-    if kmeans and manifest.total < cfg.method.K:
-        raise InputError(f"method.K={cfg.method.K} but data.train has only {manifest.total} samples: the codebooks "
-                         f"start from k-means, which needs at least K samples; use a smaller method.K or more data")
+            raise ConfigError(f"method.quantizer.kind={cfg.method.quantizer.kind}: {e}") from None
+    if kmeans and manifest.total < K:
+        raise InputError(f"method.quantizer.K={K} but data.train has only {manifest.total} samples: the "
+                         "codebooks start from k-means, which needs at least K samples; use a smaller "
+                         "method.quantizer.K or more data")
     workers = max(1, cfg.scaling.num_workers)
     plan = SlotPlan(len(manifest.shards), workers, cfg.reader.num_workers)  # the reader's own rule
     try:
@@ -75,7 +75,7 @@ def preflight(cfg: RunConfig) -> dict:
         tags = TagSemantics.load(cfg.data.tags)
     except (OSError, ValueError) as e:
         raise InputError(f"data.tags: cannot load the tag semantics artifact at {cfg.data.tags}: {e}") from None
-    if cfg.method.name != "dpq" and cfg.method.embed_dim not in (0, tags.dim):  # 0: the artifact's
+    if cfg.method.spec.supervision == "tags" and cfg.method.embed_dim not in (0, tags.dim):  # 0: the artifact's
         raise ConfigError(f"method.embed_dim={cfg.method.embed_dim} but the tag embeddings in {cfg.data.tags} "
                           f"are {tags.dim}-dimensional; set method.embed_dim={tags.dim} or leave it out")
     if storage.is_s3(cfg.storage.path):

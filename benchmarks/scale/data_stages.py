@@ -150,8 +150,8 @@ def point_tags(n: int, corpus: str, tasks: int, label_sample: int | None) -> dic
 def point_train(n: int, corpus: str, tags: str, workers: int, storage: str, M: int, epochs: int = 2) -> dict:
     import ray
 
-    from trainer import config as config_lib
-    from trainer.run_config import RunConfig
+    from shards import config as config_lib
+    from trainer.config import RunConfig
     from trainer.tags import TagSemantics
     from trainer.train import build_trainer
 
@@ -160,7 +160,7 @@ def point_train(n: int, corpus: str, tags: str, workers: int, storage: str, M: i
         "data": {"train": corpus, "tags": tags},
         "reader": {"batch_size": 256, "features_only": True, "num_workers": 0, "shuffle_buffer": 1000},
         "encoder": {"kind": "mlp", "in_features": CorpusConfig().dim, "hidden": 256},
-        "method": {"embed_dim": dim, "M": M, "K": K, "code_update_every": 1},
+        "method": {"embed_dim": dim, "M": M, "K": K, "update_every": 1},
         "training": {"epochs": epochs},
         "scaling": {"num_workers": workers, "collective_timeout_s": 1800},
         "storage": {"path": storage, "name": f"n{n}_w{workers}_m{M}_e{epochs}"},
@@ -187,16 +187,16 @@ def point_update(n: int, M: int, repeats: int = 2) -> dict:
     import torch
 
     from trainer.encoders import EncoderConfig
-    from trainer.methods import MethodConfig, build_method
+    from trainer.methods import method_config, build_method
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # as in a Ray Train worker (one CPU); 2 threads on 2 loaded cores ran 2.7x slower
     cfg = CorpusConfig()
     dim = 50
     V = torch.nn.functional.normalize(torch.randn(64, dim), dim=1)
-    method = build_method(MethodConfig(embed_dim=dim, M=M, K=K), EncoderConfig(kind="mlp", in_features=cfg.dim), V)
+    method = build_method(method_config(embed_dim=dim, M=M, K=K), EncoderConfig(kind="mlp", in_features=cfg.dim), V)
     with torch.no_grad():
-        x = [method.embed(torch.from_numpy(feat)) for _, _, feat, _ in CorpusModel(cfg).chunks(n)]
+        x = torch.cat([method.embed(torch.from_numpy(feat)) for _, _, feat, _ in CorpusModel(cfg).chunks(n)])
     method.codebook_update(x)
     best = float("inf")
     for _ in range(repeats):

@@ -68,7 +68,7 @@ def test_progressive_codes_are_the_models_own_and_every_longer_prefix_reconstruc
     import torch
 
     from eval.codes import load_code_set
-    from trainer.checkpoint_io import load_inference
+    from trainer.inference import load_inference
 
     cs = load_code_set(str(demo_run / "codes" / "wsdhq_progressive" / "database"))
     assert cs.kind == "progressive" and cs.M == 2 and cs.codes.dtype == np.uint8  # max(bits)=16

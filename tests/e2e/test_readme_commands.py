@@ -5,7 +5,7 @@ LAION-style tars on a real S3 server (moto over HTTP).
 
 Only paths are substituted (the README's /data/..., s3://bucket and the shard range point at the
 fixtures) and, for the budget, the train command gets ``training.epochs=1 scaling.num_workers=0
-reader.batch_size=8 method.K=16`` appended (24 training images) and the encode commands ``--local``;
+reader.batch_size=8 method.quantizer.K=16`` appended (24 training images) and the encode commands ``--local``;
 every flag the README shows is run. The cloud-cluster block (`ray up` / `ray down`) needs a cloud
 account and is not run here: its submit command is the one tests/train/test_cluster_jobs.py runs
 against a token-auth local head, and ray_cluster.yaml passes Ray's schema offline there.
@@ -132,7 +132,7 @@ def test_every_readme_pipeline_command_runs_as_written(mirflickr_real, s3_server
     assert tag_out["out"] == "data/mine-lite0/tags" and tag_out["hash"] == sem.hash
     assert tag_out["units"] == sem.T >= 2 and tag_out["vocab_tags"] >= tag_out["with_vectors"] >= tag_out["units"]
     subs["<tags dim>"] = str(dim)
-    run(rest[3], cwd, " training.epochs=1 scaling.num_workers=0 reader.batch_size=8 method.K=16")
+    run(rest[3], cwd, " training.epochs=1 scaling.num_workers=0 reader.batch_size=8 method.quantizer.K=16")
     assert (cwd / "runs/mine-32bit/final/quantizer.npz").is_file()
     for command in rest[4:6]:
         run(command, cwd, " --local")

@@ -100,17 +100,17 @@ def write_corpus(url, n, per_shard, seed=0, prefix="item", feat_dim=16, classes=
 
 
 def make_checkpoint(url, name="wsdhq", tag_hash="tags-a", feat_dim=16, embed_dim=8, m=2, k=16, seed=0):
-    """A real inference checkpoint (trainer.checkpoint_io.save_inference) of a tiny MLP model."""
-    from trainer.checkpoint_io import save_inference
+    """A real inference checkpoint (trainer.inference.save_inference) of a tiny MLP model."""
+    from trainer.inference import save_inference
     from trainer.encoders import EncoderConfig
-    from trainer.methods import MethodConfig, build_method, label_embeddings
+    from trainer.methods import method_config, build_method, label_embeddings
 
     torch.manual_seed(seed)
     enc = EncoderConfig(kind="mlp", in_features=feat_dim, hidden=32)
-    cfg = MethodConfig(name=name, embed_dim=embed_dim, M=m, K=k, seed=seed)
+    cfg = method_config(name=name, embed_dim=embed_dim, M=m, K=k, seed=seed)
     method = build_method(cfg, enc, label_embeddings(6, embed_dim))
     if name == "wsdhq":
         x = torch.randn(400, feat_dim, generator=torch.Generator().manual_seed(seed))
-        method.codebook_update([method.embed(x)])
+        method.codebook_update(method.embed(x))
     method.encoder.eval()
     return save_inference(str(url), method, {"epoch": 1, "tag_semantics_hash": tag_hash})

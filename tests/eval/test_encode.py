@@ -12,10 +12,10 @@ import torch
 
 from eval.codes import load_code_set
 from eval.encode import EncodeConfig, EncodeError, run
-from trainer.config import ConfigError
+from shards.config import ConfigError
 from shards import storage
 from tests.eval.conftest import make_checkpoint, write_corpus
-from trainer.checkpoint_io import load_inference
+from trainer.inference import load_inference
 
 REPO = Path(__file__).resolve().parents[2]
 QUIET = dict(log=lambda *_: None)
@@ -169,14 +169,14 @@ def test_an_unreadable_code_file_is_encoded_again_on_rerun(tmp_path):
 
 
 def _image_checkpoint(url, image_size):
-    from trainer.checkpoint_io import save_inference
+    from trainer.inference import save_inference
     from trainer.encoders import EncoderConfig
-    from trainer.methods import MethodConfig, build_method, label_embeddings
+    from trainer.methods import method_config, build_method, label_embeddings
 
     torch.manual_seed(0)
-    method = build_method(MethodConfig(name="wsdhq", embed_dim=8, M=2, K=16, seed=0),
+    method = build_method(method_config(name="wsdhq", embed_dim=8, M=2, K=16, seed=0),
                           EncoderConfig(kind="small_cnn", width=4), label_embeddings(4, 8))
-    method.codebook_update([method.embed(torch.randn(64, 3, 12, 12))])
+    method.codebook_update(method.embed(torch.randn(64, 3, 12, 12)))
     method.encoder.eval()
     save_inference(str(url), method, {"tag_semantics_hash": "tags-a"}, image_size=image_size)
 

@@ -95,13 +95,13 @@ def test_index_on_s3_searches_like_the_local_one(tmp_path, s3_bucket, retrieval_
 # --- the search command on a trained weak-tag model ------------------------------------------------
 
 def _tagged_model(tmp_path, name, k):
-    """A WSDHQ model trained (fit_local) on a 4-class features corpus where class c carries tag t<c>
+    """A WSDHQ model trained (fit_plain) on a 4-class features corpus where class c carries tag t<c>
     (and label c<c>), its tag semantics artifact, the corpus encoded (eval.encode) and indexed."""
     from eval.encode import EncodeConfig, run
-    from trainer.checkpoint_io import save_inference
+    from trainer.inference import save_inference
     from trainer.encoders import EncoderConfig
-    from trainer.local_fit import fit_local
-    from trainer.methods import MethodConfig, OptimConfig, build_method, label_embeddings
+    from benchmarks.plain_loop import fit_plain
+    from trainer.methods import method_config, OptimConfig, build_method, label_embeddings
     from trainer.tags import TagSemantics
 
     sem = TagSemantics(names=["t0", "t1", "t2", "t3"], embeddings=label_embeddings(4, 8).numpy(),
@@ -115,10 +115,10 @@ def _tagged_model(tmp_path, name, k):
     samples = [s for url in Manifest.load(str(tmp_path / "corpus")).shard_urls() for s in iter_samples(url)]
     x = torch.tensor(np.stack([s["feat"] for s in samples]), dtype=torch.float32)
     y = torch.from_numpy(sem.targets([s["tags"] for s in samples]))
-    cfg = MethodConfig(name=name, M=2, K=k, feature_epochs=6, code_update_every=2, seed=0)
+    cfg = method_config(name=name, M=2, K=k, feature_epochs=6, update_every=2, seed=0)
     method = build_method(cfg, EncoderConfig(kind="mlp", in_features=16, hidden=32), sem.embeddings)
     assert method.cfg.embed_dim == 8  # method.embed_dim defaults to the tag embeddings' dimension
-    fit_local(method, lambda e: [{"x": x[i:i + 64], "y": y[i:i + 64]} for i in range(0, len(x), 64)], 12,
+    fit_plain(method, lambda e: [{"x": x[i:i + 64], "y": y[i:i + 64]} for i in range(0, len(x), 64)], 12,
               OptimConfig(lr=3e-3, decay_every_steps=0))
     save_inference(str(tmp_path / "ckpt"), method,
                    {"tag_semantics_hash": sem.hash, "config": {"data": {"tags": str(tmp_path / "tags")}}})

@@ -13,15 +13,15 @@ def test_real_mirflickr_images_encode_and_evaluate_with_a_top10_grid(mirflickr_r
 
     from shards.converters.mirflickr import convert_matrix
     from shards.writer import ShardingConfig
-    from trainer.checkpoint_io import save_inference
+    from trainer.inference import save_inference
     from trainer.encoders import EncoderConfig
-    from trainer.methods import MethodConfig, build_method, label_embeddings
+    from trainer.methods import method_config, build_method, label_embeddings
 
     convert_matrix(str(mirflickr_real / "subset1000_with_images.npz"), str(tmp_path / "data"),
                    ShardingConfig(max_count=150, query_fraction=0.05, train_fraction=0.1,
                                   database_includes_train=False, validate_images=False))
     torch.manual_seed(0)
-    m = build_method(MethodConfig(name="dpq", embed_dim=16, M=2, K=16),
+    m = build_method(method_config(name="dpq", embed_dim=16, M=2, K=16),
                      EncoderConfig(kind="small_cnn", width=8), label_embeddings(24, 16))
     save_inference(str(tmp_path / "ckpt"), m, {"tag_semantics_hash": "real"})
     for split in ("query", "database"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eval.metrics import average_precision, mean_ap
-from trainer.local_fit import synthetic_weak_tags
+from benchmarks.plain_loop import synthetic_weak_tags
 
 
 def aqd_map(queries: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor) -> float:

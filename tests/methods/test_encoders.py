@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.config import ConfigError, from_dict
+from shards.config import ConfigError, from_dict
 from trainer.encoders import EncoderConfig, build_encoder, resnet18, resnet50
 
 
@@ -95,17 +95,17 @@ def test_small_cnn_wsdhq_learns_digit_tags_from_images(one_thread):
     """Image mode end to end on 32x32 RGB digits (sklearn's 8x8 upscaled): the margin loss falls."""
     from sklearn.datasets import load_digits
 
-    from trainer.local_fit import batches_of, fit_local
-    from trainer.methods import MethodConfig, OptimConfig, build_method, label_embeddings
+    from benchmarks.plain_loop import batches_of, fit_plain
+    from trainer.methods import method_config, OptimConfig, build_method, label_embeddings
 
     d = load_digits()
     img = torch.tensor(d.images[:400] / 16.0, dtype=torch.float32)[:, None]
     x = torch.nn.functional.interpolate(img, size=32, mode="bilinear").repeat(1, 3, 1, 1)
     tags = torch.nn.functional.one_hot(torch.tensor(d.target[:400]), 10)
     torch.manual_seed(0)
-    m = build_method(MethodConfig(embed_dim=16, M=1, K=16), EncoderConfig(kind="small_cnn", width=8),
+    m = build_method(method_config(embed_dim=16, M=1, K=16), EncoderConfig(kind="small_cnn", width=8),
                      label_embeddings(10, 16))
-    hist = fit_local(m, batches_of(x, tags, 25), 3, OptimConfig(lr=3e-3, decay_every_steps=0))
+    hist = fit_plain(m, batches_of(x, tags, 25), 3, OptimConfig(lr=3e-3, decay_every_steps=0))
     # measured: margin loss 1.013 -> 0.944 -> 0.694 over 3 epochs
     assert hist[-1]["emb"] < 0.75 * hist[0]["emb"]
     assert hist[1]["codebook_updates"] == 1

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from tests.methods.conftest import aqd_map
-from trainer.checkpoint_io import load_inference, save_inference
+from trainer.inference import load_inference, save_inference
 from trainer.encoders import EncoderConfig
-from trainer.local_fit import batches_of, fit_local
+from benchmarks.plain_loop import batches_of, fit_plain
 from trainer.losses import adaptive_margin_loss
-from trainer.methods import MethodConfig, OptimConfig, build_method, label_embeddings
+from shards.config import to_dict
+from trainer.methods import LocalCollectives, OptimConfig, build_method, label_embeddings, method_config
 
 ENC = EncoderConfig(kind="mlp", in_features=32, hidden=64)
 REPO = Path(__file__).resolve().parents[2]
@@ -22,12 +23,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _wsdhq(weak_set, **kw):
-    cfg = MethodConfig(name="wsdhq", embed_dim=16, M=2, K=16, **kw)
+    cfg = method_config(name="wsdhq", embed_dim=16, M=2, K=16, **kw)
     return build_method(cfg, ENC, weak_set.V)
 
 
 def _dpq(weak_set, **kw):
-    cfg = MethodConfig(name="dpq", embed_dim=16, M=3, K=8, feature_epochs=1, **kw)
+    cfg = method_config(name="dpq", embed_dim=16, M=3, K=8, feature_epochs=1, **kw)
     return build_method(cfg, ENC, label_embeddings(10, 16))
 
 
@@ -37,7 +38,7 @@ def _onehot(labels, n=10):
 
 def _trained_wsdhq(weak_set, epochs=2, **kw):
     m = _wsdhq(weak_set, **kw)
-    fit_local(m, batches_of(weak_set.x[:600], weak_set.tags[:600], 100), epochs, OptimConfig(lr=3e-3))
+    fit_plain(m, batches_of(weak_set.x[:600], weak_set.tags[:600], 100), epochs, OptimConfig(lr=3e-3))
     return m
 
 
@@ -46,7 +47,7 @@ def test_wsdhq_quantization_term_is_zero_until_the_codebooks_exist(weak_set):
     batch = {"x": weak_set.x[:50], "y": weak_set.tags[:50]}
     total, terms = m.loss(batch, epoch=0)
     assert "q" not in terms and math.isclose(terms["total"], terms["emb"])
-    m.codebook_update([m.embed(weak_set.x[:600])])
+    m.codebook_update(m.embed(weak_set.x[:600]))
     total, terms = m.loss(batch, epoch=2)
     assert terms["q"] > 0 and math.isclose(terms["total"], terms["emb"] + terms["q"], rel_tol=1e-6)
 
@@ -68,7 +69,7 @@ def test_wsdhq_margin_term_is_the_pos_neg_loss_and_dpq_the_all_label_loss(weak_s
 
 @pytest.mark.parametrize("reading", ["sphere", "raw"])
 def test_quantization_gradient_reaches_the_encoder_and_never_the_fixed_codebooks(weak_set, reading):
-    m = _trained_wsdhq(weak_set, quant_reading=reading, lambda_q=1.0)
+    m = _trained_wsdhq(weak_set, space=reading, lambda_q=1.0)
     assert m.quantizer.is_trained
     before = m.quantizer.codebooks.clone()
     batch = {"x": weak_set.x[:64], "y": torch.zeros(64, weak_set.V.shape[0])}  # only L_q remains
@@ -83,7 +84,7 @@ def test_quantization_gradient_reaches_the_encoder_and_never_the_fixed_codebooks
 
 @pytest.mark.parametrize("iters, policy", [(1, "restore"), (2, "reseed"), (3, "reseed")])
 def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedule(weak_set, iters, policy):
-    m = _wsdhq(weak_set, codebook_iters=iters, dead_codewords=policy)
+    m = _wsdhq(weak_set, iters=iters, dead_codewords=policy)
     assert [e for e in range(6) if m.needs_codebook_update(e)] == [1, 3, 5]
     # a run shorter than code_update_every still ends with one update (none has happened yet)
     assert m.needs_codebook_update(0, epochs=1) and not m.needs_codebook_update(0, epochs=2)
@@ -91,11 +92,12 @@ def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedu
     feats = [m.embed(weak_set.x[i:i + 100]) for i in range(0, 600, 100)]
     calls = []
 
-    def reduce(flat):
-        calls.append(flat.shape)
-        return flat * 2  # a two-rank all-reduce of identical ranks
+    class TwoIdenticalRanks(LocalCollectives):
+        def sum(self, flat):
+            calls.append(flat.shape)
+            return flat * 2  # a two-rank all-reduce of identical ranks
 
-    info = m.codebook_update(feats, reduce=reduce)
+    info = m.codebook_update(torch.cat(feats), collectives=TwoIdenticalRanks())
     M, K, D = 2, 16, 16
     assert calls == [torch.Size([(M * K) ** 2 + M * K * D + 1])] * iters  # one all-reduce per ICM+LS round
     live, err = info.pop("live_codewords"), info.pop("quantization_error")
@@ -103,8 +105,8 @@ def test_codebook_update_solves_what_reduce_returns_and_follows_the_epoch_schedu
                     "codebook_start": "kmeans"}  # the first update starts from k-means whatever the setting
     # the health figures are those of the gathered sample coded afresh with the final codebooks
     t = torch.nn.functional.normalize(torch.cat(feats), dim=1)
-    m.codebook_updates -= 1  # the generator of the update just made (a function of seed and update)
-    with m.quantizer.block_orders_from(m.update_generator(iters)):
+    m.coding.updates -= 1  # the generator of the update just made (a function of seed and update)
+    with m.quantizer.block_orders_from(m.coding.update_generator(iters)):
         codes = m.quantizer.encode(t)
     assert live == [len(torch.unique(codes[:, j])) for j in range(M)]
     assert math.isclose(err, float(((t - m.quantizer.decode(codes)) ** 2).sum(1).mean()), rel_tol=1e-5)
@@ -123,9 +125,9 @@ def test_codebooks_stay_alive_update_after_update_on_a_fixed_set(weak_set, resta
     codebook's K=64 codewords live with the default ICM restarts. With the authors' single greedy
     ICM pass the codes fall into poor local minima that the next solve fits, and codebooks thin out
     (the second row proves this test can fail)."""
-    m = build_method(MethodConfig(name="wsdhq", embed_dim=16, M=4, K=64, icm_restarts=restarts), ENC, weak_set.V)
+    m = build_method(method_config(name="wsdhq", embed_dim=16, M=4, K=64, icm_restarts=restarts), ENC, weak_set.V)
     z = _clustered_sphere()
-    lives = [m.codebook_update([z])["live_codewords"] for _ in range(3)]
+    lives = [m.codebook_update(z)["live_codewords"] for _ in range(3)]
     worst = min(min(v) for v in lives)
     assert (worst < 0.9 * 64) == collapses, lives
 
@@ -139,10 +141,10 @@ def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_kill
     after = torch.nn.functional.normalize(before + 1.5 * shift, dim=1)
     live = {}
     for policy in ("restore", "reseed"):
-        m = build_method(MethodConfig(name="wsdhq", embed_dim=16, M=2, K=64, codebook_iters=3,
-                                      dead_codewords=policy, codebook_start="warm"), ENC, weak_set.V)
-        m.codebook_update([before])
-        info = m.codebook_update([after])
+        m = build_method(method_config(name="wsdhq", embed_dim=16, M=2, K=64, iters=3,
+                                      dead_codewords=policy, start="warm"), ENC, weak_set.V)
+        m.codebook_update(before)
+        info = m.codebook_update(after)
         codes = m.quantizer.encode(after)
         live[policy] = sum(len(torch.unique(codes[:, j])) for j in range(2))
         assert (info["reseeded"] > 0) == (policy == "reseed"), info
@@ -152,7 +154,7 @@ def test_reseeding_between_rounds_revives_codewords_that_the_moving_encoder_kill
 def test_first_codebook_update_needs_embeddings_and_names_the_problem(weak_set):
     m = _wsdhq(weak_set)
     with pytest.raises(ValueError, match="no embeddings"):
-        m.codebook_update(iter([]))
+        m.codebook_update(torch.zeros(0, 16))
 
 
 def test_one_process_wsdhq_fit_beats_random_codes_by_a_clear_margin(weak_set):
@@ -190,7 +192,7 @@ def test_dpq_code_parity_quantization_loss_moves_only_the_codebooks(weak_set):
 
 def test_dpq_prefix_codes_decode_to_the_cumulative_hard_reconstructions(weak_set):
     d = _dpq(weak_set)
-    fit_local(d, batches_of(weak_set.x[:600], _onehot(weak_set.labels[:600]), 100), 3,
+    fit_plain(d, batches_of(weak_set.x[:600], _onehot(weak_set.labels[:600]), 100), 3,
               OptimConfig(kind="sgd", lr=1e-2, decay_every_steps=0, codebook_lr=1e-2))
     x = weak_set.x[:50]
     codes = d.encode(x)
@@ -211,9 +213,9 @@ def test_dpq_losses_report_all_terms_with_tau_mu_nu(weak_set):
 
 
 def test_wsdhq_progressive_gives_variable_length_codes_from_one_weak_run(weak_set):
-    cfg = MethodConfig(name="wsdhq_progressive", embed_dim=16, M=3, K=16, feature_epochs=2)
+    cfg = method_config(name="wsdhq_progressive", embed_dim=16, M=3, K=16, feature_epochs=2)
     m = build_method(cfg, ENC, weak_set.V)
-    fit_local(m, batches_of(weak_set.x[:600], weak_set.tags[:600], 100), 6,
+    fit_plain(m, batches_of(weak_set.x[:600], weak_set.tags[:600], 100), 6,
               OptimConfig(lr=3e-3, decay_every_steps=0, codebook_lr=1e-2))
     q, codes = m.embed(weak_set.x[600:]), m.encode(weak_set.x[:600])
     maps = [aqd_map(q, m.quantizer.decode(codes[:, :l]), weak_set.labels[600:], weak_set.labels[:600])
@@ -232,8 +234,10 @@ def test_inference_checkpoint_round_trip_gives_identical_codes(weak_set, tmp_pat
     assert torch.allclose(loaded.embed(x), m.embed(x))
     on_disk = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
     assert on_disk == meta and on_disk["method"] == name and on_disk["tag_semantics_hash"] == "abc"
-    assert on_disk["code_bits"] == (8 if name == "wsdhq" else 9)  # M*log2(K): 2*4, 3*3
-    assert on_disk["quantized"] == ("z" if name == "wsdhq" else "f")
+    assert on_disk["code"]["bits"] == (8 if name == "wsdhq" else 9)  # M*log2(K): 2*4, 3*3
+    assert on_disk["space"] == ("sphere" if name == "wsdhq" else "raw")
+    # one copy of each config, as built: DPQ's classifier is sized by its labels there
+    assert on_disk["config"]["encoder"]["num_classes"] == (0 if name == "wsdhq" else 10)
     assert not loaded.encoder.training
     # the quantizer file alone gives the model's codes: encode(x) for either kind, its metric inside
     from trainer.quantizers import load_quantizer
@@ -243,29 +247,26 @@ def test_inference_checkpoint_round_trip_gives_identical_codes(weak_set, tmp_pat
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["meta.json", "model.pt", "quantizer.npz"]
 
 
-def test_a_checkpoint_written_before_the_quantizer_saved_its_metric_still_gives_its_codes(weak_set, tmp_path):
-    """The earlier layout: the metric V̄ in icm_weights.npy (named by meta.json), not in quantizer.npz."""
-    import io
-
-    import numpy as np
-
-    from trainer.quantizers import AdditiveQuantizer
-
+def test_a_checkpoint_of_an_earlier_format_is_refused_with_the_reason(weak_set, tmp_path):
+    """meta.json v1 (before the code spec and the single config copy) is not guessed at."""
     m = _trained_wsdhq(weak_set)
-    d = tmp_path / "ckpt"
-    save_inference(str(d), m, {})
-    old = AdditiveQuantizer(16, 2, 16, icm_restarts=m.quantizer.icm_restarts)  # the same ICM as the model
-    old.codebooks, old.is_trained = m.quantizer.codebooks.clone(), True
-    buf = io.BytesIO()
-    old.save(buf)
-    (d / "quantizer.npz").write_bytes(buf.getvalue())
-    np.save(d / "icm_weights.npy", m.icm_weights.numpy())
-    meta = json.loads((d / "meta.json").read_text())
-    (d / "meta.json").write_text(json.dumps(meta | {"icm_weights": "icm_weights.npy"}))
-    loaded = load_inference(str(d))
-    x = weak_set.x[:100]
-    assert torch.equal(loaded.quantizer.weights, m.icm_weights)
-    assert torch.equal(loaded.encode(x), m.encode(x))
+    save_inference(str(tmp_path), m, {})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("format", "version")}))
+    with pytest.raises(ValueError, match=r"is not a wsdhq-inference v2 checkpoint \(format None, version None\); "
+                                         "re-export it"):
+        load_inference(str(tmp_path))
+
+
+def test_the_code_spec_is_written_once_and_checked_against_the_quantizer(weak_set, tmp_path):
+    m = _trained_wsdhq(weak_set)
+    meta = save_inference(str(tmp_path), m, {"config": {"method": {"stale": 1}, "reader": {"image_size": 0}}})
+    assert meta["code"] == {"kind": "additive", "M": 2, "K": 16, "D": 16, "bits": 8}
+    assert meta["config"]["method"] == to_dict(m.cfg) and meta["config"]["reader"] == {"image_size": 0}
+    assert sorted(meta) == ["code", "config", "format", "image_size", "method", "space", "version"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta | {"code": {**meta["code"], "M": 3, "bits": 12}}))
+    with pytest.raises(ValueError, match="quantizer.npz holds .*'M': 2.* but meta.json says .*'M': 3"):
+        load_inference(str(tmp_path))
 
 
 def test_checkpoint_whose_codebooks_were_never_fitted_is_refused_by_name(weak_set, tmp_path):
@@ -283,7 +284,7 @@ def test_checkpoint_with_pickled_objects_is_refused(weak_set, tmp_path):
 
 
 def test_every_torch_load_in_the_methods_core_is_weights_only():
-    files = [REPO / "trainer" / "checkpoint_io.py", REPO / "trainer" / "encoders" / "backbones.py"]
+    files = [REPO / "trainer" / "inference.py", REPO / "trainer" / "encoders" / "backbones.py"]
     calls = [n for f in files for n in ast.walk(ast.parse(f.read_text()))
              if isinstance(n, ast.Call) and ast.unparse(n.func) == "torch.load"]
     assert len(calls) == 2
@@ -303,9 +304,9 @@ def test_method_state_dict_round_trips_through_a_weights_only_file(weak_set, tmp
 
 def test_config_mismatches_name_the_key(weak_set):
     with pytest.raises(ValueError, match="method.embed_dim"):
-        build_method(MethodConfig(embed_dim=8), ENC, weak_set.V)
+        build_method(method_config(embed_dim=8), ENC, weak_set.V)
     with pytest.raises(ValueError, match="encoder.num_classes"):
-        build_method(MethodConfig(embed_dim=16), EncoderConfig(kind="mlp", in_features=32, num_classes=3),
+        build_method(method_config(embed_dim=16), EncoderConfig(kind="mlp", in_features=32, num_classes=3),
                      weak_set.V)
 
 
@@ -322,7 +323,7 @@ def test_inference_checkpoint_round_trips_through_s3(weak_set, s3_bucket):
     save_inference(url, m, {"epoch": 2})
     loaded = load_inference(url)
     assert torch.equal(loaded.encode(weak_set.x[:100]), m.encode(weak_set.x[:100]))
-    assert torch.equal(loaded.quantizer.weights, m.icm_weights)  # the metric travels in quantizer.npz
+    assert torch.equal(loaded.quantizer.weights, m.quantizer.weights)  # the metric travels in quantizer.npz
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):

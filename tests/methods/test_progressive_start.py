@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from trainer.encoders import EncoderConfig
-from trainer.methods import MethodConfig, build_method, label_embeddings
+from trainer.methods import method_config, build_method, label_embeddings
 from trainer.quantizers import ProgressiveQuantizer
 
 ENC = EncoderConfig(kind="mlp", in_features=12, hidden=16)
 
 
 def _method(name, **kw):
-    cfg = MethodConfig(**{"name": name, "embed_dim": 8, "M": 3, "K": 16, "seed": 3, "feature_epochs": 2, **kw})
+    cfg = method_config(**{"name": name, "embed_dim": 8, "M": 3, "K": 16, "seed": 3, "feature_epochs": 2, **kw})
     return build_method(cfg, ENC, label_embeddings(5, 8))
 
 
@@ -24,9 +24,9 @@ def test_wsdhq_progressive_starts_from_residual_kmeans_once_before_lq_switches_o
     x = torch.randn(300, 12, generator=torch.Generator().manual_seed(0))
     emb = m.embed(x)
     before = m.quantizer.codebooks.detach().clone()
-    info = m.codebook_update([emb[:150], emb[150:]], gather_sample=lambda rows: rows)
+    info = m.codebook_update(emb)
     assert info == {"codebook_updates": 1, "samples": 300, "dead_codewords": 0}
-    expected = ProgressiveQuantizer(8, levels=3, codebook_size=16).fit(emb, seed=3).codebooks.detach()
+    expected = ProgressiveQuantizer(8, M=3, K=16).fit(emb, seed=3).codebooks.detach()
     torch.testing.assert_close(m.quantizer.codebooks.detach(), expected)
     assert not torch.allclose(before, expected)
     # the start is a real quantizer of the embeddings: each level lowers the reconstruction error
@@ -40,15 +40,15 @@ def test_wsdhq_progressive_starts_from_residual_kmeans_once_before_lq_switches_o
 def test_dpq_keeps_its_random_start_unless_asked():
     m = _method("dpq")
     assert not any(m.needs_codebook_update(e) for e in range(5))
-    with pytest.raises(RuntimeError, match="progressive_init=kmeans"):
-        m.codebook_update([torch.randn(20, 8)])
-    assert _method("dpq", progressive_init="kmeans").needs_codebook_update(1)
+    with pytest.raises(RuntimeError, match="init=kmeans"):
+        m.codebook_update(torch.randn(20, 8))
+    assert _method("dpq", init="kmeans").needs_codebook_update(1)
 
 
 def test_wsdhq_progressive_quantizes_and_retrieves_on_the_sphere_and_dpq_on_raw_f():
     x = torch.randn(40, 12, generator=torch.Generator().manual_seed(1))
     wp, dpq = _method("wsdhq_progressive"), _method("dpq")
-    assert (wp.quantized_space, dpq.quantized_space) == ("z", "f")
+    assert (wp.cfg.space, dpq.cfg.space) == ("sphere", "raw")
     torch.testing.assert_close(wp.embed(x).norm(dim=1), torch.ones(40))
     assert not torch.allclose(dpq.embed(x).norm(dim=1), torch.ones(40))
     out = wp.net(x)  # the progressive quantizer sees the unit-norm z, not f

@@ -82,7 +82,7 @@ def test_ls_update_equals_numpy_lstsq_on_the_ridge_augmented_system():
 
 def test_statistics_over_four_chunks_solve_to_the_one_shot_codebooks():
     x = clustered(1200, 10, seed=4)
-    q = AdditiveQuantizer(10, num_codebooks=2, codebook_size=16)
+    q = AdditiveQuantizer(10, M=2, K=16)
     q.init_kmeans(x)
     codes = q.encode(x)
     whole = q.statistics(x, codes)
@@ -113,7 +113,7 @@ def test_flat_statistics_round_trip_and_sum_like_an_all_reduce():
 
 def test_dead_codewords_keep_their_previous_values():
     x = clustered(400, 8, seed=6)
-    q = AdditiveQuantizer(8, num_codebooks=2, codebook_size=16)
+    q = AdditiveQuantizer(8, M=2, K=16)
     q.init_kmeans(x)
     before = q.codebooks.clone()
     codes = q.encode(x).long()
@@ -127,7 +127,7 @@ def test_dead_codewords_keep_their_previous_values():
 
 def test_kmeans_init_is_block_diagonal_and_ls_iterations_reduce_the_error():
     x = clustered(2000, 12, seed=7)
-    q = AdditiveQuantizer(12, num_codebooks=3, codebook_size=16)
+    q = AdditiveQuantizer(12, M=3, K=16)
     q.init_kmeans(x, seed=0)
     for m in range(3):
         outside = torch.ones(12, dtype=torch.bool)
@@ -143,7 +143,7 @@ def test_kmeans_init_is_block_diagonal_and_ls_iterations_reduce_the_error():
 
 
 def test_progressive_encode_is_argmax_cosine_on_hand_computed_residuals():
-    q = ProgressiveQuantizer(2, levels=2, codebook_size=3)
+    q = ProgressiveQuantizer(2, M=2, K=3)
     with torch.no_grad():
         q.codebooks.copy_(torch.tensor([[[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]],
                                         [[0.5, 0.0], [0.0, -0.5], [0.0, 0.1]]]))
@@ -159,7 +159,7 @@ def test_progressive_encode_is_argmax_cosine_on_hand_computed_residuals():
 
 def test_progressive_prefix_codes_decode_to_prefix_sums():
     x = clustered(600, 16, seed=8)
-    q = ProgressiveQuantizer(16, levels=4, codebook_size=32).fit(x, seed=0)
+    q = ProgressiveQuantizer(16, M=4, K=32).fit(x, seed=0)
     codes = q.encode(x)
     C = q.codebooks.detach()
     out = q(x)
@@ -173,7 +173,7 @@ def test_progressive_prefix_codes_decode_to_prefix_sums():
 
 def test_progressive_soft_path_with_large_gamma_approaches_the_hard_path():
     x = clustered(200, 8, seed=9)
-    q = ProgressiveQuantizer(8, levels=2, codebook_size=16).fit(x)
+    q = ProgressiveQuantizer(8, M=2, K=16).fit(x)
     q.gamma = 1.0
     with torch.no_grad():
         gap_1 = float((q(x).soft[1] - q(x).hard[1]).abs().mean())
@@ -187,10 +187,10 @@ def test_save_load_round_trip_gives_identical_codes_and_decodes(kind, tmp_path):
     x = clustered(800, 20, seed=10)
     if kind == "additive":  # a metric and ICM settings of its own: saved, so the codes come back
         V = torch.randn(7, 20, generator=torch.Generator().manual_seed(2))
-        q = AdditiveQuantizer(20, num_codebooks=2, codebook_size=32, icm_sweeps=2, icm_restarts=2,
+        q = AdditiveQuantizer(20, M=2, K=32, icm_sweeps=2, icm_restarts=2,
                               weights=V, seed=3).fit(x, iterations=2)
     else:
-        q = ProgressiveQuantizer(20, levels=3, codebook_size=32, gamma=5.0).fit(x)
+        q = ProgressiveQuantizer(20, M=3, K=32, gamma=5.0).fit(x)
     q.save(tmp_path / "q.npz")
     back = load_quantizer(tmp_path / "q.npz")
     assert type(back) is type(q) and back.kind == kind and (back.M, back.K, back.D) == (q.M, q.K, 20)
@@ -198,7 +198,7 @@ def test_save_load_round_trip_gives_identical_codes_and_decodes(kind, tmp_path):
     assert torch.equal(back.decode(q.encode(x)), q.decode(q.encode(x)))
     if kind == "additive":
         assert torch.equal(back.weights, V) and (back.icm_sweeps, back.icm_restarts, back.seed) == (2, 2, 3)
-        plain = AdditiveQuantizer(20, num_codebooks=2, codebook_size=32, icm_sweeps=2, icm_restarts=2, seed=3)
+        plain = AdditiveQuantizer(20, M=2, K=32, icm_sweeps=2, icm_restarts=2, seed=3)
         plain.codebooks, plain.is_trained = q.codebooks.clone(), True
         assert not torch.equal(plain.encode(x), q.encode(x))  # the metric changes the codes: it had to travel
     assert type(q).load(tmp_path / "q.npz").kind == kind
@@ -281,7 +281,7 @@ def test_first_icm_sweep_is_greedy_on_the_residual_in_the_drawn_block_order():
 
 def test_progressive_forward_sends_gradients_to_codebooks_through_soft_and_hard_paths():
     x = clustered(64, 8, seed=15)
-    q = ProgressiveQuantizer(8, levels=2, codebook_size=16)
+    q = ProgressiveQuantizer(8, M=2, K=16)
     out = q(x)
     out.soft[1].pow(2).sum().backward()
     assert torch.count_nonzero(q.codebooks.grad) == q.codebooks.numel()  # softmax touches every codeword
@@ -315,7 +315,7 @@ def test_icm_restarts_keep_each_samples_best_code(weighted):
 
 def test_dead_codewords_are_reseeded_from_the_worst_coded_rows_as_their_residuals():
     g = torch.Generator().manual_seed(5)
-    q = AdditiveQuantizer(3, num_codebooks=2, codebook_size=4)
+    q = AdditiveQuantizer(3, M=2, K=4)
     q.codebooks = torch.randn(2, 4, 3, generator=g)
     q.is_trained = True
     x = torch.randn(50, 3, generator=g) * 3
@@ -346,7 +346,7 @@ def test_without_faiss_quantizers_load_encode_and_decode_and_k_means_names_the_e
 import sys
 sys.modules["faiss"] = None
 import torch
-import eval.encode, eval.evaluate, trainer.checkpoint_io, trainer.methods, trainer.train
+import eval.encode, eval.evaluate, trainer.inference, trainer.methods, trainer.train
 from trainer.quantizers import AdditiveQuantizer, load_quantizer
 q = AdditiveQuantizer(8, 2, 4)
 q.codebooks, q.is_trained = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0)), True

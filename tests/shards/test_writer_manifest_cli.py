@@ -150,3 +150,28 @@ def test_cli_reports_a_missing_input_as_one_line(tmp_path, capsys):
     assert main(["from-manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.jsonl'}: image list not found"
     assert not storage.exists(str(tmp_path / "o" / "train" / "manifest.json"))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--query-fraction", "1.5"], "error: --query-fraction: must be in [0, 1), got 1.5\n"),
+    (["--train-fraction", "0.95"], "error: --train-fraction: must be > 0 with query_fraction + train_fraction "
+                                   "<= 1, got 0.95 (query_fraction 0.1)\n"),
+    (["--max-count", "0"], "error: --max-count: must be >= 1, got 0\n"),
+])
+def test_sharding_flags_come_from_the_config_and_its_checks_name_the_flag(tmp_path, capsys, flags, message):
+    """The flags are ShardingConfig's fields (shards.config.add_arguments): its own range checks refuse a
+    bad value, before any input is read, in one line naming the flag."""
+    assert main(["from-folder", str(tmp_path / "none"), "--out", str(tmp_path / "o"), *flags]) == 2
+    assert capsys.readouterr().err == message
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bool_field_is_a_flag_pair(tmp_path):
+    from shards.config import add_arguments, from_arguments
+    from shards.writer import ShardingConfig
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, ShardingConfig)
+    cfg = from_arguments(ShardingConfig, p.parse_args(["--no-database-includes-train", "--split-seed", "3"]))
+    assert (cfg.database_includes_train, cfg.split_seed, cfg.validate_images) == (False, 3, True)

@@ -2,7 +2,7 @@ import pytest
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.config import ConfigError, from_dict
+from shards.config import ConfigError, from_dict
 from trainer.tags import TagConfig
 from trainer.tags.graph import (GraphConfig, dbscan_groups, enhance, enhance_counts, enhance_ppmi,
                                 eps_for_target, merge_units, ppmi_weights)

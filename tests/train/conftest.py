@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer import config as config_lib
-from trainer.run_config import RunConfig
+from shards import config as config_lib
+from trainer.config import RunConfig
 
 
 def write_digit_features(root: str, n: int = 480, per_shard: int = 60, without_feat: tuple[int, ...] = ()) -> str:
@@ -59,8 +59,8 @@ def run_config(data: dict, storage: Path, name: str, *overrides: str) -> RunConf
         "data": {"train": data["train"], "tags": data["tags"]},
         "reader": {"batch_size": 40, "num_workers": 0, "features_only": True, "shuffle_buffer": 100},
         "encoder": {"kind": "mlp", "in_features": 64, "hidden": 64},
-        "method": {"name": "wsdhq", "embed_dim": data["dim"], "M": 2, "K": 16, "code_update_every": 1,
-                   "kmeans_sample": 10000},
+        "method": {"name": "wsdhq", "embed_dim": data["dim"],
+                   "quantizer": {"M": 2, "K": 16, "update_every": 1, "kmeans_sample": 10000}},
         "training": {"epochs": 2, "seed": 0},
         "scaling": {"num_workers": 0, "collective_timeout_s": 120},
         "storage": {"path": str(storage), "name": name},

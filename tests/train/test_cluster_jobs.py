@@ -79,8 +79,8 @@ def test_cluster_yaml_with_a_misspelt_key_is_rejected_offline():
 
 
 def test_every_training_config_the_cluster_yaml_and_readme_name_exists_and_loads():
-    from trainer import config as config_lib
-    from trainer.run_config import RunConfig
+    from shards import config as config_lib
+    from trainer.config import RunConfig
 
     named = set()
     for doc in ("ray_cluster.yaml", "README.md"):

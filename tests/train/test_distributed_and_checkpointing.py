@@ -10,7 +10,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from trainer import checkpointing, distributed as dist
+from trainer import distributed as dist, resume
 
 
 def _collectives(rank: int, port: int, out_dir: str) -> None:
@@ -58,20 +58,20 @@ def test_without_a_process_group_the_collectives_are_the_identity():
 
 
 def test_checkpoint_round_trips_state_and_rng_streams_with_weights_only_loading(tmp_path):
-    checkpointing.seed_everything(123)
-    saved_rng = checkpointing.rng_state()
+    resume.seed_everything(123)
+    saved_rng = resume.rng_state()
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
-    state = checkpointing.TrainState(epoch=3, step=42, data_seed=7, rng=[saved_rng],
+    state = resume.TrainState(epoch=3, step=42, data_seed=7, rng=[saved_rng],
                                      metrics=[{"epoch": 0, "loss": 1.0}])
-    checkpointing.save(tmp_path, state=state, method_state={"w": torch.ones(2)}, optimizer={"lr": 0.1},
+    resume.save(tmp_path, state=state, method_state={"w": torch.ones(2)}, optimizer={"lr": 0.1},
                        scheduler=None, config={"training": {"epochs": 5}}, tag_semantics_hash="abc")
-    loaded = checkpointing.load(tmp_path)  # torch.load(weights_only=True) inside
+    loaded = resume.load(tmp_path)  # torch.load(weights_only=True) inside
     assert (loaded.state.epoch, loaded.state.step, loaded.state.data_seed) == (3, 42, 7)
     assert loaded.state.metrics == [{"epoch": 0, "loss": 1.0}]
     assert loaded.tag_semantics_hash == "abc" and loaded.config == {"training": {"epochs": 5}}
     assert torch.equal(loaded.method_state["w"], torch.ones(2)) and loaded.optimizer == {"lr": 0.1}
-    checkpointing.seed_everything(999)  # disturb, then restore: the same draws come out again
-    checkpointing.set_rng_state(loaded.state.rng[0])
+    resume.seed_everything(999)  # disturb, then restore: the same draws come out again
+    resume.set_rng_state(loaded.state.rng[0])
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]

@@ -11,7 +11,7 @@ from shards.embeddings import EmbeddingSetWriter
 from shards.manifest import Manifest
 from shards.reader import iter_samples
 from tests.train.conftest import run_config
-from trainer import checkpointing
+from trainer import resume
 from trainer.train import build_trainer, main
 
 
@@ -33,21 +33,22 @@ def test_features_mode_trains_from_an_embedding_set_with_the_same_steps_as_from_
     result = build_trainer(cfg).fit()
     assert result.error is None
     # local mode persists its checkpoints under storage.path/storage.name (no checkpoint reported to Ray)
-    loaded = checkpointing.load_persisted(checkpointing.latest_persisted(str(tmp_path / "emb")))
+    loaded = resume.load_persisted(resume.latest_persisted(str(tmp_path / "emb")))
     history = loaded.state.metrics
     # 480 rows, batch 40, one rank: 12 steps an epoch, every row once per epoch
     assert loaded.state.step == 24 and [m["samples"] for m in history] == [480, 480]
-    assert loaded.method_state["codebook_updates"] == 2 and loaded.method_state["quantizer_trained"] is True
+    assert loaded.method_state["coding"]["updates"] == 2 and loaded.method_state["coding"]["trained"] is True
     assert history[1]["loss"] < history[0]["loss"] and history[1]["loss/q"] > 0
     assert all(0.0 < m["quantization_error"] < 1.0 for m in history)
     assert (tmp_path / "emb" / "final" / "model.pt").is_file()
 
 
 def test_dpq_takes_its_label_names_from_the_embedding_set(digits_embeddings, tmp_path):
-    cfg = run_config(digits_embeddings, tmp_path, "dpq", "training.epochs=1", "method.name=dpq")
+    cfg = run_config(digits_embeddings, tmp_path, "dpq", "training.epochs=1", "method.name=dpq",
+                     "method.quantizer={M: 2, K: 16}")
     result = build_trainer(cfg).fit()
     assert result.error is None
-    assert checkpointing.load_persisted(checkpointing.latest_persisted(str(tmp_path / "dpq"))).state.step == 12
+    assert resume.load_persisted(resume.latest_persisted(str(tmp_path / "dpq"))).state.step == 12
 
 
 def _cli(digits_embeddings, tmp_path, *overrides) -> int:

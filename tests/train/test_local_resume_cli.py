@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.train.conftest import run_config
-from trainer import config as config_lib
+from shards import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 8
@@ -68,21 +68,21 @@ def test_local_mode_checkpoints_persist_to_s3_keep_the_newest_and_load_back(s3_b
     import torch
 
     from shards import storage
-    from trainer import checkpointing
-    from trainer.checkpointing import TrainState
+    from trainer import resume
+    from trainer.resume import TrainState
 
     run_url = f"s3://{s3_bucket}/runs/r"
     for epoch in (1, 2, 3):
-        d = checkpointing.local_checkpoint_dir(run_url, epoch)
-        checkpointing.save(d, state=TrainState(epoch=epoch, step=10 * epoch, metrics=[{"epoch": e} for e in
+        d = resume.local_checkpoint_dir(run_url, epoch)
+        resume.save(d, state=TrainState(epoch=epoch, step=10 * epoch, metrics=[{"epoch": e} for e in
                                                                                           range(epoch)]),
                            method_state={"w": torch.full((2,), float(epoch))}, optimizer={}, scheduler=None,
                            config={}, tag_semantics_hash="h")
-        checkpointing.persist(d, run_url, epoch, keep=2)
+        resume.persist(d, run_url, epoch, keep=2)
         assert not d.exists()
     storage.write_bytes(f"{run_url}/checkpoint_local_e000004/train_state.pt", b"half-written")  # no marker
-    assert checkpointing.latest_persisted(run_url) == f"{run_url}/checkpoint_local_e000003"
-    loaded = checkpointing.load_persisted(checkpointing.latest_persisted(run_url))
+    assert resume.latest_persisted(run_url) == f"{run_url}/checkpoint_local_e000003"
+    loaded = resume.load_persisted(resume.latest_persisted(run_url))
     assert loaded.state.epoch == 3 and loaded.state.step == 30 and loaded.method_state["w"].tolist() == [3.0, 3.0]
     names = {f.split("/")[-2] for f in storage.list_files(run_url)}
     assert names == {"checkpoint_local_e000002", "checkpoint_local_e000003", "checkpoint_local_e000004"}

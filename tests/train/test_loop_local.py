@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from tests.train.conftest import run_config
-from trainer import checkpointing
+from trainer import resume
 from trainer.train import build_trainer
 
 
@@ -23,8 +23,8 @@ def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_f
     assert set(Path(tempfile.gettempdir()).glob("wsdhq-ckpt-*")) == before
     persisted = sorted(p.name for p in (tmp_path / "local").glob("checkpoint_local_e*"))
     assert persisted == ["checkpoint_local_e000001", "checkpoint_local_e000002"]  # keep_checkpoints=2
-    latest = checkpointing.latest_persisted(str(tmp_path / "local"))
-    loaded = checkpointing.load_persisted(latest)
+    latest = resume.latest_persisted(str(tmp_path / "local"))
+    loaded = resume.load_persisted(latest)
     history = loaded.state.metrics
     assert loaded.state.epoch == 2
     assert [m["epoch"] for m in history] == [0, 1]
@@ -32,9 +32,9 @@ def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_f
     assert loaded.state.step == 24 and history[-1]["step"] == 24
     assert all(m["samples"] == 480 for m in history)
     # code_update_every=1: the codebooks were initialised after epoch 0 and solved again after epoch 1
-    assert loaded.method_state["quantizer_trained"] is True
-    assert loaded.method_state["codebook_updates"] == 2
-    assert tuple(loaded.method_state["codebooks"].shape) == (2, 16, digits_features["dim"])
+    assert loaded.method_state["coding"]["trained"] is True
+    assert loaded.method_state["coding"]["updates"] == 2
+    assert tuple(loaded.method_state["coding"]["codebooks"].shape) == (2, 16, digits_features["dim"])
     for m in history:
         assert len(m["live_codewords"]) == 2 and all(1 <= v <= 16 for v in m["live_codewords"])
         assert 0.0 < m["quantization_error"] < 1.0  # unit vectors: error below their squared norm
@@ -54,10 +54,10 @@ def test_local_mode_trains_updates_codebooks_and_writes_checkpoint_metrics_and_f
     assert (final / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((final / "meta.json").read_text())
     assert meta["epoch"] == 2 and meta["tag_semantics_hash"] == loaded.tag_semantics_hash
-    from trainer.checkpoint_io import load_inference
+    from trainer.inference import load_inference
 
     model = load_inference(str(final))
-    assert torch.equal(model.quantizer.codebooks, loaded.method_state["codebooks"].float())
+    assert torch.equal(model.quantizer.codebooks, loaded.method_state["coding"]["codebooks"].float())
 
 
 def test_epoch_clock_stops_at_the_end_of_the_pass_so_the_codebook_update_is_not_counted_twice():
@@ -89,7 +89,7 @@ def test_bad_samples_met_by_the_training_pass_land_in_the_epoch_record_and_the_l
     cfg = run_config(data, tmp_path, "skips", "training.epochs=1", "reader.num_workers=2")
     result = build_trainer(cfg).fit()
     assert result.error is None
-    history = checkpointing.load_persisted(checkpointing.latest_persisted(str(tmp_path / "skips"))).state.metrics
+    history = resume.load_persisted(resume.latest_persisted(str(tmp_path / "skips"))).state.metrics
     assert history[0]["skipped"] == 5 and history[0]["skips"] == {"missing_feat": 5}
     assert history[0]["samples"] == 480
     assert "samples/s skipped 5 (missing_feat 5)" in capsys.readouterr().out

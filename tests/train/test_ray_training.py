@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from tests.train.conftest import run_config
-from trainer import checkpointing
-from trainer import config as config_lib
+from trainer import resume
+from shards import config as config_lib
 from trainer.train import build_trainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -29,7 +29,7 @@ def _fit(cfg):
     result = build_trainer(cfg).fit()
     assert result.error is None, result.error
     with result.checkpoint.as_directory() as d:
-        loaded = checkpointing.load(d)
+        loaded = resume.load(d)
     return result, loaded
 
 
@@ -40,7 +40,7 @@ def test_two_workers_solve_the_same_codebooks_as_one(ray_local, digits_features,
     common = ("training.epochs=1", "training.optim.lr=0.0")
     _, one = _fit(run_config(digits_features, tmp_path, "one", *common, "scaling.num_workers=1"))
     result, two = _fit(run_config(digits_features, tmp_path, "two", *common, "scaling.num_workers=2"))
-    c1, c2 = one.method_state["codebooks"], two.method_state["codebooks"]
+    c1, c2 = one.method_state["coding"]["codebooks"], two.method_state["coding"]["codebooks"]
     assert c1.abs().max() > 0.05  # real codebooks, not zeros
     torch.testing.assert_close(c2, c1, rtol=0, atol=1e-6)
     m1, m2 = one.state.metrics[0], two.state.metrics[0]
@@ -78,9 +78,9 @@ def test_a_trained_two_worker_runs_codebook_update_is_the_one_process_update_on_
     from trainer.methods import build_method
 
     result, final = reference_fit
-    by_epoch = {checkpointing.load(d).state.epoch: d for d in Path(result.path).glob("checkpoint_20*")}
-    before, after = checkpointing.load(by_epoch[2]).method_state, checkpointing.load(by_epoch[3]).method_state
-    assert before["codebook_updates"] == 2 and after["codebook_updates"] == 3
+    by_epoch = {resume.load(d).state.epoch: d for d in Path(result.path).glob("checkpoint_20*")}
+    before, after = resume.load(by_epoch[2]).method_state, resume.load(by_epoch[3]).method_state
+    assert before["coding"]["updates"] == 2 and after["coding"]["updates"] == 3
     cfg = run_config(digits_features, Path(result.path).parent, "reference", "training.epochs=3",
                      "scaling.num_workers=2")
     supervision = Supervision.load(cfg)
@@ -88,12 +88,12 @@ def test_a_trained_two_worker_runs_codebook_update_is_the_one_process_update_on_
     method.load_state_dict(after)  # the encoder the last update embedded with (trained 3 epochs)
     trained = {k: v.clone() for k, v in method.encoder.state_dict().items()}
     assert any(not torch.equal(v, before["net"][k]) for k, v in after["net"].items())  # it did train
-    method.quantizer.codebooks = before["codebooks"].float().clone()  # the codebooks before that update
-    method.codebook_updates = before["codebook_updates"]
+    method.quantizer.codebooks = before["coding"]["codebooks"].float().clone()  # the codebooks before that update
+    method.codebook_updates = before["coding"]["updates"]
     run = WorkerRun(cfg, 0, 1, torch.device("cpu"), method, None, None, supervision, supervision.hash)
     info = update_codebooks(run, epoch=2)  # world size 1: no process group, the collectives are identity
-    torch.testing.assert_close(method.quantizer.codebooks, after["codebooks"].float(), rtol=0, atol=1e-5)
-    assert not torch.equal(after["codebooks"], before["codebooks"])  # the update moved them
+    torch.testing.assert_close(method.quantizer.codebooks, after["coding"]["codebooks"].float(), rtol=0, atol=1e-5)
+    assert not torch.equal(after["coding"]["codebooks"], before["coding"]["codebooks"])  # the update moved them
     assert info["codebook_samples"] == 480
     assert info["quantization_error"] == pytest.approx(final.state.metrics[2]["quantization_error"], rel=1e-5)
     assert info["live_codewords"] == final.state.metrics[2]["live_codewords"]
@@ -101,7 +101,7 @@ def test_a_trained_two_worker_runs_codebook_update_is_the_one_process_update_on_
 
 
 def _assert_same_run(loaded, reference):
-    torch.testing.assert_close(loaded.method_state["codebooks"], reference.method_state["codebooks"],
+    torch.testing.assert_close(loaded.method_state["coding"]["codebooks"], reference.method_state["coding"]["codebooks"],
                                rtol=0, atol=1e-5)
     for k, v in reference.method_state["net"].items():
         torch.testing.assert_close(loaded.method_state["net"][k], v, rtol=0, atol=1e-5)
@@ -126,7 +126,7 @@ def test_a_worker_killed_mid_epoch_restarts_from_the_last_checkpoint_and_repeats
     _assert_same_run(loaded, reference_run)
     epochs = []
     for d in Path(result.path).glob("checkpoint_20*"):
-        epochs.append(checkpointing.load(d).state.epoch)
+        epochs.append(resume.load(d).state.epoch)
     assert sorted(epochs) == kept
 
 
@@ -163,5 +163,5 @@ def test_rerunning_a_run_name_resumes_it_from_s3_and_a_new_name_starts_fresh(
         assert got["step"] == want["step"]
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
     codebooks = load_quantizer(io.BytesIO(st.read_bytes(f"{final}/quantizer.npz"))).codebooks
-    torch.testing.assert_close(codebooks, reference_run.method_state["codebooks"].float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(codebooks, reference_run.method_state["coding"]["codebooks"].float(), rtol=0, atol=1e-5)
     assert any(k.endswith("train_state.pt") for k in st.list_files(f"{storage}/resumable/"))

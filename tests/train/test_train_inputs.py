@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from trainer import config as config_lib
-from trainer.run_config import RunConfig
+from shards import config as config_lib
+from trainer.config import RunConfig
 from trainer.train import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,11 +47,11 @@ def test_every_shipped_training_config_loads_into_the_typed_tree(name):
     ({}, ["storage.checkpoint_every=0"], "storage.checkpoint_every: must be >= 1, got 0"),
     # range checks live in the config sections and fire while the config loads, on the driver
     ({}, ["reader.batch_size=0"], "reader.batch_size: must be >= 1, got 0"),
-    ({}, ["method.K=1024"], "method.K: must be in [1, 256], got 1024"),
-    ({}, ["method.embed_dim=8", "method.M=9"],
-     "method.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
-    ({}, ["method.code_update_every=0"], "method.code_update_every: must be >= 1, got 0"),
-    ({}, ["method.codebook_iters=0"], "method.codebook_iters: must be >= 1, got 0"),
+    ({}, ["method.quantizer.K=1024"], "method.quantizer.K: must be in [1, 256], got 1024"),
+    ({}, ["method.embed_dim=8", "method.quantizer.M=9"],
+     "method.quantizer.M: must be <= method.embed_dim (8) for the additive quantizer, got 9"),
+    ({}, ["method.quantizer.update_every=0"], "method.quantizer.update_every: must be >= 1, got 0"),
+    ({}, ["method.quantizer.iters=0"], "method.quantizer.iters: must be >= 1, got 0"),
     ({}, ["encoder.in_features=0"], "encoder.in_features: must be set (the length of feat.npy)"),
     # the reader's own rule for a training pass, applied before the workers start
     ({}, ["reader.batch_size=241"], "480 samples < world_size 2 x batch_size 241; no full batch per rank"),
@@ -113,9 +113,9 @@ def test_the_tag_dimension_fixes_embed_dim_and_k_means_needs_k_samples(digits_fe
     small = write_digit_features(str(tmp_path / "small"), n=100, per_shard=50)
     data = _good(digits_features, tmp_path)
     data["data"]["train"] = small
-    assert main(["--config", _write(tmp_path, data), "method.K=128"]) == 2
+    assert main(["--config", _write(tmp_path, data), "method.quantizer.K=128"]) == 2
     err = capsys.readouterr().err
-    assert "method.K=128 but data.train has only 100 samples" in err and err.count("\n") == 1
+    assert "method.quantizer.K=128 but data.train has only 100 samples" in err and err.count("\n") == 1
 
 
 def test_fewer_shards_than_workers_is_accepted_with_the_readers_plan_stated(digits_features, tmp_path):
@@ -140,8 +140,8 @@ def test_without_faiss_a_method_that_starts_from_k_means_is_refused_before_any_w
     script = f"""
 import sys
 sys.modules["faiss"] = None  # Python's import system: faiss is not installed
-from trainer import config
-from trainer.run_config import RunConfig
+from shards import config
+from trainer.config import RunConfig
 from trainer.train import main, preflight
 rc = main(["--config", {cfg!r}])
 # DPQ's codebooks start random (trained by gradient): it needs no faiss
@@ -151,6 +151,6 @@ print("rc", rc, "dpq", facts["train_samples"])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "rc 2 dpq 480"
-    assert out.stderr == ("wsdhq train: method.name=wsdhq: k-means (the codebooks' start) needs faiss: "
+    assert out.stderr == ("wsdhq train: method.quantizer.kind=additive: k-means (the codebooks' start) needs faiss: "
                           "pip install 'wsdhq[faiss]' (faiss-cpu)\n")
     assert not (tmp_path / "runs").exists()

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from shards.config_checks import at_least, require, within
+from shards.config import at_least, require, within
 from trainer.encoders.backbones import (SmallCNN, external_backbone, load_backbone_weights,
                                         read_state_dict, resnet18, resnet50)
 from trainer.encoders.features import FeatureMLP

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO
 
-from .additive import AdditiveQuantizer, AdditiveQuantizerConfig
-from .base import Quantizer, read_npz
+from .additive import AdditiveQuantizer
+from .base import CodeSpec, Quantizer, read_npz
 from .icm import distortion, icm_encode
-from .progressive import ProgressiveOutput, ProgressiveQuantizer, ProgressiveQuantizerConfig
+from .progressive import ProgressiveOutput, ProgressiveQuantizer
 from .statistics import CodebookStatistics, solve_codebooks
 
 KINDS: dict[str, type[Quantizer]] = {"additive": AdditiveQuantizer, "progressive": ProgressiveQuantizer}
@@ -25,6 +25,6 @@ def load_quantizer(path: str | Path | IO[bytes]) -> Quantizer:
     return KINDS[kind]._from_params(params, codebooks, arrays)
 
 
-__all__ = ["AdditiveQuantizer", "AdditiveQuantizerConfig", "CodebookStatistics", "ProgressiveOutput",
-           "ProgressiveQuantizer", "ProgressiveQuantizerConfig", "Quantizer", "distortion",
+__all__ = ["AdditiveQuantizer", "CodeSpec", "CodebookStatistics", "ProgressiveOutput",
+           "ProgressiveQuantizer", "Quantizer", "distortion",
            "icm_encode", "load_quantizer", "solve_codebooks"]

@@ -14,29 +14,15 @@ seeded stream.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .base import Quantizer, as_codes, as_float_tensor
+from .base import Quantizer, as_codes, as_float_tensor, check_code_shape
 from .icm import ICMTables, icm_encode
 from .kmeans import kmeans
 from .statistics import CodebookStatistics, solve_codebooks
-
-
-@dataclass
-class AdditiveQuantizerConfig:
-    """Settings of the WSDHQ quantizer (defaults are the authors')."""
-
-    num_codebooks: int = 4         # M; code bits = M * log2(K)
-    codebook_size: int = 256       # K
-    icm_sweeps: int = 3            # max_iter_update_b
-    ridge: float = 1e-3            # λ of the LS update (HᵀH + ridge·I)
-    encode_batch_size: int = 8192  # rows per ICM batch; bounds memory at batch·M·K floats
-    icm_restarts: int = 1          # >1: ICM from several block orders, best per sample (not in the paper)
-    seed: int = 0                  # ICM block orders of ``encode`` (a fresh generator per call)
 
 
 class AdditiveQuantizer(Quantizer):
@@ -44,14 +30,16 @@ class AdditiveQuantizer(Quantizer):
 
     kind = "additive"
 
-    def __init__(self, dim: int, num_codebooks: int = 4, codebook_size: int = 256,
-                 icm_sweeps: int = 3, ridge: float = 1e-3, encode_batch_size: int = 8192,
-                 icm_restarts: int = 1, weights: Any = None, seed: int = 0):
-        if not 1 <= codebook_size <= 256:
-            raise ValueError(f"codebook_size must be in [1, 256] for uint8 codes, got {codebook_size}")
-        if num_codebooks < 1 or dim < num_codebooks:
-            raise ValueError(f"need 1 <= num_codebooks <= dim, got num_codebooks={num_codebooks}, dim={dim}")
-        self.codebooks = torch.zeros(num_codebooks, codebook_size, dim)
+    def __init__(self, dim: int, M: int = 4, K: int = 256, icm_sweeps: int = 3, ridge: float = 1e-3,
+                 encode_batch_size: int = 8192, icm_restarts: int = 1, weights: Any = None, seed: int = 0):
+        """``dim`` D; ``M`` codebooks of ``K`` codewords (code bits M·log2 K); ``icm_sweeps`` and
+        ``icm_restarts`` (best of several block orders per sample; the authors run 1) of ``encode``;
+        ``ridge`` the λ of the least-squares update (HᵀH + λI); ``encode_batch_size`` rows per ICM
+        batch (memory: batch·M·K floats); ``weights`` the metric V; ``seed`` the ICM block orders."""
+        check_code_shape(M, K)
+        if dim < M:
+            raise ValueError(f"need M <= dim for the block k-means start, got M={M}, dim={dim}")
+        self.codebooks = torch.zeros(M, K, dim)
         self.icm_sweeps = icm_sweeps
         self.ridge = ridge
         self.encode_batch_size = encode_batch_size
@@ -64,11 +52,6 @@ class AdditiveQuantizer(Quantizer):
         self.generator: torch.Generator | None = None  # set only inside ``block_orders_from``
         self.is_trained = False
         self._tables: tuple | None = None  # (codebooks, their version, V, ICMTables)
-
-    @classmethod
-    def from_config(cls, cfg: AdditiveQuantizerConfig, dim: int) -> "AdditiveQuantizer":
-        return cls(dim, cfg.num_codebooks, cfg.codebook_size, cfg.icm_sweeps, cfg.ridge,
-                   cfg.encode_batch_size, cfg.icm_restarts, seed=cfg.seed)
 
     def _check_x(self, x: Any) -> torch.Tensor:
         t = as_float_tensor(x, "x", torch.float32)
@@ -214,12 +197,8 @@ class AdditiveQuantizer(Quantizer):
     def _from_params(cls, params: dict, codebooks: torch.Tensor,
                      arrays: dict[str, torch.Tensor] | None = None) -> "AdditiveQuantizer":
         M, K, D = codebooks.shape
-        defaults = AdditiveQuantizerConfig()
-        q = cls(D, M, K, int(params.get("icm_sweeps", defaults.icm_sweeps)),
-                float(params.get("ridge", defaults.ridge)),
-                int(params.get("encode_batch_size", defaults.encode_batch_size)),
-                int(params.get("icm_restarts", defaults.icm_restarts)),
-                (arrays or {}).get("weights"), int(params.get("seed", defaults.seed)))
+        q = cls(D, M, K, int(params["icm_sweeps"]), float(params["ridge"]), int(params["encode_batch_size"]),
+                int(params["icm_restarts"]), (arrays or {}).get("weights"), int(params["seed"]))
         q.codebooks = codebooks.to(torch.float32)
         q.is_trained = bool(params.get("is_trained", True))
         return q

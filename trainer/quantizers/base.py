@@ -11,6 +11,8 @@ full-dimensional, and the progressive quantizer's levels are residual codebooks,
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -29,17 +31,52 @@ def as_float_tensor(x: Any, name: str = "x", dtype: torch.dtype | None = None) -
     return t if dtype is None else t.to(dtype)
 
 
-def as_codes(codes: Any, num_codebooks: int, codebook_size: int) -> torch.Tensor:
-    """Codes as int64 (N, m) with m <= num_codebooks and every value < codebook_size."""
+def as_codes(codes: Any, M: int, K: int) -> torch.Tensor:
+    """Codes as int64 (N, m) with m <= M and every value < K."""
     c = torch.as_tensor(codes)
-    if c.ndim != 2 or c.shape[1] > num_codebooks or c.dtype.is_floating_point:
-        raise ValueError(f"codes: expected an integer (N, m<={num_codebooks}) array, "
+    if c.ndim != 2 or c.shape[1] > M or c.dtype.is_floating_point:
+        raise ValueError(f"codes: expected an integer (N, m<={M}) array, "
                          f"got {c.dtype} {tuple(c.shape)}")
     c = c.long()
-    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= codebook_size):
-        raise ValueError(f"codes: values must lie in [0, {codebook_size}), "
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= K):
+        raise ValueError(f"codes: values must lie in [0, {K}), "
                          f"got [{int(c.min())}, {int(c.max())}]")
     return c
+
+
+def check_code_shape(M: int, K: int) -> None:
+    """Codes are uint8 (N, M): 1 <= K <= 256 codewords per codebook, M >= 1 codebooks."""
+    if not 1 <= K <= 256:
+        raise ValueError(f"K must be in [1, 256] for uint8 codes, got {K}")
+    if M < 1:
+        raise ValueError(f"M must be >= 1, got {M}")
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    """What a code is: ``M`` uint8 columns, each one of ``K`` codewords of dimension ``D`` from a
+    quantizer of ``kind``. Written once (the quantizer file, the inference checkpoint's meta.json and
+    the code manifest carry ``to_dict()``) and read back from there, never recomputed elsewhere."""
+
+    kind: str
+    M: int
+    K: int
+    D: int
+
+    @property
+    def bits(self) -> int:
+        """Bits of information per code, M·log2 K (K=256: 8 per codebook; K=16: 4)."""
+        return self.M * math.ceil(math.log2(self.K)) if self.K > 1 else 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "bits": self.bits}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CodeSpec":
+        spec = cls(str(d["kind"]), int(d["M"]), int(d["K"]), int(d["D"]))
+        if "bits" in d and int(d["bits"]) != spec.bits:
+            raise ValueError(f"code spec {d}: bits disagrees with M·log2 K = {spec.bits}")
+        return spec
 
 
 class Quantizer:
@@ -65,6 +102,10 @@ class Quantizer:
     @property
     def D(self) -> int:
         return self.codebooks.shape[2]
+
+    @property
+    def spec(self) -> CodeSpec:
+        return CodeSpec(self.kind, self.M, self.K, self.D)
 
     def encode(self, x: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -15,25 +15,14 @@ codewords); the paper asks for a "large γ", so it is a setting.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, as_float_tensor
+from .base import Quantizer, as_float_tensor, check_code_shape
 from .kmeans import kmeans
-
-
-@dataclass
-class ProgressiveQuantizerConfig:
-    """Settings of the DPQ quantizer (defaults are the authors')."""
-
-    levels: int = 4             # L; code bits = L * log2(K)
-    codebook_size: int = 256    # K
-    gamma: float = 1.0          # softmax temperature of the soft path
-    init_std: float = 0.01      # codebooks ~ N(0, init_std²) before any k-means init
 
 
 class ProgressiveOutput(NamedTuple):
@@ -53,20 +42,15 @@ class ProgressiveQuantizer(nn.Module, Quantizer):
 
     kind = "progressive"
 
-    def __init__(self, dim: int, levels: int = 4, codebook_size: int = 256, gamma: float = 1.0,
+    def __init__(self, dim: int, M: int = 4, K: int = 256, gamma: float = 1.0,
                  init_std: float = 0.01, seed: int = 0):
+        """``M`` levels of ``K`` codewords in ``dim`` D; ``gamma`` the soft path's softmax
+        temperature; codebooks start ~ N(0, ``init_std``²) (DPQ's), or from ``fit``."""
         super().__init__()
-        if not 1 <= codebook_size <= 256:
-            raise ValueError(f"codebook_size must be in [1, 256] for uint8 codes, got {codebook_size}")
-        if levels < 1:
-            raise ValueError(f"levels must be >= 1, got {levels}")
+        check_code_shape(M, K)
         g = torch.Generator().manual_seed(seed)
-        self.codebooks = nn.Parameter(torch.randn(levels, codebook_size, dim, generator=g) * init_std)
+        self.codebooks = nn.Parameter(torch.randn(M, K, dim, generator=g) * init_std)
         self.gamma = gamma
-
-    @classmethod
-    def from_config(cls, cfg: ProgressiveQuantizerConfig, dim: int, seed: int = 0) -> "ProgressiveQuantizer":
-        return cls(dim, cfg.levels, cfg.codebook_size, cfg.gamma, cfg.init_std, seed)
 
     def forward(self, x: torch.Tensor) -> ProgressiveOutput:
         """Soft and hard cumulative reconstructions for every level, and the hard codes.
@@ -131,7 +115,7 @@ class ProgressiveQuantizer(nn.Module, Quantizer):
     def _from_params(cls, params: dict, codebooks: torch.Tensor,
                      arrays: dict[str, torch.Tensor] | None = None) -> "ProgressiveQuantizer":
         L, K, D = codebooks.shape
-        q = cls(D, L, K, float(params.get("gamma", 1.0)))
+        q = cls(D, L, K, float(params["gamma"]))
         with torch.no_grad():
             q.codebooks.copy_(codebooks.to(q.codebooks.dtype))
         return q

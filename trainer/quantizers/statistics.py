@@ -33,9 +33,9 @@ class CodebookStatistics:
     n: int
 
     @classmethod
-    def zeros(cls, M: int, K: int, D: int) -> "CodebookStatistics":
-        return cls(torch.zeros(M * K, M * K, dtype=torch.float64),
-                   torch.zeros(M * K, D, dtype=torch.float64), 0)
+    def zeros(cls, M: int, K: int, D: int, device: torch.device | str = "cpu") -> "CodebookStatistics":
+        return cls(torch.zeros(M * K, M * K, dtype=torch.float64, device=device),
+                   torch.zeros(M * K, D, dtype=torch.float64, device=device), 0)
 
     @classmethod
     def accumulate(cls, x: torch.Tensor, codes: torch.Tensor, K: int) -> "CodebookStatistics":

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from trainer.config import load
+from shards.config import load
 
 EXIT_USER_ERROR = 2
 

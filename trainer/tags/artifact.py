@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trainer.config import from_dict
+from shards.config import from_dict
 from trainer.tags.normalize import NormalizeConfig, TagNormalizer
 
 FORMAT = 1

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from shards.config_checks import at_least
-from trainer.config import to_dict
+from shards.config import at_least, to_dict
 from trainer.tags.artifact import TagSemantics
 from trainer.tags.counting import (CooccurrencePartial, FrequencyPartial, TagCounts, choose_vocab,
                                    count_cooccurrence, count_frequencies, count_tag_lists,

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from shards.config_checks import at_least, require, within
+from shards.config import at_least, require, within
 from trainer.tags.vectors import off_diagonal
 
 

@@ -11,7 +11,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from shards.config_checks import at_least
+from shards.config import at_least
 
 # Camera/phone model tags that Flickr clients add automatically ("canon", "eos400d", "nikond80",
 # "iphone4s", "dsc0042"). A project choice: the pattern below is deliberately narrow, and the rule

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from shards.config_checks import above, at_least, within
+from shards.config import above, at_least, within
 
 _TOKEN = re.compile(r"[ _\-]+")
 

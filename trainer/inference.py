@@ -1,10 +1,14 @@
-"""Inference checkpoints: what ``eval.encode`` needs to turn images into codes, nothing more.
+"""The inference model and its export: what ``eval.encode`` needs to turn images into codes.
 
-A checkpoint directory (local path or s3:// prefix, through ``shards.storage``) holds ``model.pt`` (encoder state dict,
-``torch.save``), ``quantizer.npz`` (``Quantizer.save``: codebooks and everything ``encode`` depends
-on, the additive quantizer's metric V̄ included) and ``meta.json``. Loading never unpickles:
-``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``. Checkpoints written before
-the quantizer saved its metric carry it as ``icm_weights.npy``; loading still reads it.
+(Resuming training is ``trainer.resume``'s job; this is the artifact a trained run hands on.)
+An inference checkpoint directory (local path or s3:// prefix, through ``shards.storage``) holds
+``model.pt`` (encoder state dict, ``torch.save``), ``quantizer.npz`` (``Quantizer.save``: codebooks
+and everything ``encode`` depends on, the additive quantizer's metric V̄ included) and
+``meta.json``: ``format``, ``version``, ``code`` (the ``CodeSpec``: kind, M, K, D, bits), ``space``,
+``method`` (its name), ``image_size``, ``config`` (the run's config, its ``method`` and ``encoder``
+sections as the model was built: one copy) and the run's ``epoch``, ``step`` and
+``tag_semantics_hash``. Loading never unpickles: ``torch.load(weights_only=True)`` and
+``np.load(allow_pickle=False)``.
 """
 from __future__ import annotations
 
@@ -12,14 +16,14 @@ import io
 import json
 import pickle
 
-import numpy as np
 import torch
 from torch import nn
 
-from trainer.config import from_dict, to_dict
+from shards.config import from_dict, to_dict
 from trainer.losses import reading_target
 
 FILES = ("model.pt", "quantizer.npz", "meta.json")
+FORMAT, VERSION = "wsdhq-inference", 2
 
 
 class InferenceModel:
@@ -31,14 +35,18 @@ class InferenceModel:
 
     @property
     def image_size(self) -> int | None:
-        """Input size the encoder was trained at (None for feature encoders or old checkpoints)."""
-        size = self.meta.get("image_size") or self.meta.get("config", {}).get("reader", {}).get("image_size")
+        """Input size the encoder was trained at (None for feature encoders)."""
+        size = self.meta.get("image_size")
         return int(size) if size else None
+
+    @property
+    def encoder_config(self) -> dict:
+        """The encoder's config as built (``kind``, ``in_features``, ...)."""
+        return (self.meta.get("config") or {}).get("encoder") or {}
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.encoder(x)
-        return reading_target(f, "sphere") if self.space == "z" else f
+        return reading_target(self.encoder(x), self.space)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,15 +74,16 @@ def _read(dir_url: str, name: str) -> bytes:
         raise FileNotFoundError(f"checkpoint {dir_url}: missing {name}") from None
 
 
-def save_inference(dir_url: str, method, meta: dict, image_size: int | None = None) -> dict:
-    """Write an inference checkpoint of ``method`` (a ``trainer.methods.Method``); ``meta`` adds
-    e.g. ``epoch`` and ``tag_semantics_hash``; ``image_size`` is the input size the encoder was
-    trained at (encoders must be fed that size later). Returns the meta written."""
+def save_inference(dir_url: str, method, run: dict | None = None, image_size: int | None = None) -> dict:
+    """Write an inference checkpoint of ``method`` (a ``trainer.methods.Method``). ``run`` adds the
+    run's ``config`` (its method and encoder sections are replaced by the built ones), ``epoch``,
+    ``step`` and ``tag_semantics_hash``; ``image_size`` is the input size the encoder was trained at
+    (encoders must be fed that size later). Returns the meta written."""
+    run = dict(run or {})
+    config = {**run.pop("config", {}), "method": to_dict(method.cfg), "encoder": to_dict(method.encoder_cfg)}
     q = method.quantizer
-    full = {"method": method.cfg.name, "method_config": to_dict(method.cfg),
-            "encoder_config": to_dict(method.encoder_cfg), "embed_dim": method.cfg.embed_dim,
-            "code_bits": int(q.M * np.log2(q.K)), "M": q.M, "K": q.K, "quantizer_kind": q.kind,
-            "quantized": method.quantized_space, "image_size": image_size, **meta}
+    full = {"format": FORMAT, "version": VERSION, "code": q.spec.to_dict(), "space": method.cfg.space,
+            "method": method.cfg.name, "image_size": image_size, "config": config, **run}
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}, buf)
     _write(dir_url, "model.pt", buf.getvalue())
@@ -95,11 +104,13 @@ def load_inference(dir_url: str, device: str | torch.device = "cpu") -> Inferenc
         meta = json.loads(_read(dir_url, "meta.json"))
     except json.JSONDecodeError as e:
         raise ValueError(f"checkpoint {dir_url}: meta.json is not JSON ({e})") from None
-    for key in ("encoder_config", "embed_dim", "quantized"):
-        if key not in meta:
-            raise ValueError(f"checkpoint {dir_url}: meta.json lacks {key!r}")
-    enc_cfg = from_dict(EncoderConfig, dict(meta["encoder_config"], weights=None, pretrained=False))
-    encoder = build_encoder(enc_cfg, meta["embed_dim"])
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(f"checkpoint {dir_url}: meta.json is not a {FORMAT} v{VERSION} checkpoint "
+                         f"(format {meta.get('format')!r}, version {meta.get('version')!r}); "
+                         "re-export it with this version")
+    config = meta["config"]
+    enc_cfg = from_dict(EncoderConfig, dict(config["encoder"], weights=None, pretrained=False))
+    encoder = build_encoder(enc_cfg, config["method"]["embed_dim"])
     try:
         state = torch.load(io.BytesIO(_read(dir_url, "model.pt")), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
@@ -122,10 +133,10 @@ def load_inference(dir_url: str, device: str | torch.device = "cpu") -> Inferenc
     if not getattr(quantizer, "is_trained", True):
         raise ValueError(f"checkpoint {dir_url}: its codebooks were never fitted (a run saved before its "
                          "first codebook update); retrain it with this version, which always ends with one")
-    if meta.get("icm_weights") and getattr(quantizer, "weights", False) is None:  # an older checkpoint
-        quantizer.weights = torch.from_numpy(np.load(io.BytesIO(_read(dir_url, meta["icm_weights"])),
-                                                     allow_pickle=False)).float()
+    if quantizer.spec.to_dict() != meta["code"]:
+        raise ValueError(f"checkpoint {dir_url}: quantizer.npz holds {quantizer.spec.to_dict()} but "
+                         f"meta.json says {meta['code']}")
     quantizer.to(device)
     if isinstance(quantizer, nn.Module):
         quantizer.eval()
-    return InferenceModel(encoder, quantizer, meta["quantized"], meta)
+    return InferenceModel(encoder, quantizer, meta["space"], meta)

@@ -1,4 +1,5 @@
-"""Training checkpoints: everything needed to resume a run exactly, in one directory.
+"""Resuming training: the training checkpoint, everything needed to resume a run exactly, in one
+directory. (The model a run hands to the encode job is ``trainer.inference``'s export.)
 
 A checkpoint is written to a fresh local directory and handed to ``ray.train.report``; Ray Train
 copies it under ``<storage_path>/<run_name>/`` (a local path or s3://) and hands the latest one back

@@ -1,5 +1,7 @@
-"""The plain single-process training loop: proves a method on one process, and is the baseline
-the distributed loop is measured against. Also a small synthetic weakly-tagged set to run it on.
+"""A plain single-process training loop over in-memory tensors: the baseline the distributed loop
+is measured against (benchmarks/bench_train.py), and the quick way tests and benchmarks exercise a
+method on a small synthetic weakly-tagged set. Not product code: training runs through
+``trainer.loop`` (Ray Train, local mode in one process).
 """
 from __future__ import annotations
 
@@ -13,18 +15,7 @@ import torch
 from trainer.methods import Method, OptimConfig
 
 
-class _Embeddings:
-    """Re-iterable eval-mode embeddings of one pass over the training batches."""
-
-    def __init__(self, method: Method, make_batches: Callable[[int], Iterable[dict]], epoch: int):
-        self.method, self.make_batches, self.epoch = method, make_batches, epoch
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        for batch in self.make_batches(self.epoch):
-            yield self.method.embed(batch["x"])
-
-
-def fit_local(method: Method, make_batches: Callable[[int], Iterable[dict]], epochs: int,
+def fit_plain(method: Method, make_batches: Callable[[int], Iterable[dict]], epochs: int,
               optim: OptimConfig | None = None) -> list[dict[str, float]]:
     """Train for ``epochs``; ``make_batches(epoch)`` yields ``{"x", "y"}`` dicts. Returns per-epoch
     mean loss terms (plus codebook-update info when one ran)."""
@@ -44,7 +35,9 @@ def fit_local(method: Method, make_batches: Callable[[int], Iterable[dict]], epo
             n += 1
         row = {k: v / max(n, 1) for k, v in sums.items()}
         if method.needs_codebook_update(epoch, epochs):
-            row.update(method.codebook_update(_Embeddings(method, make_batches, epoch)))
+            with torch.no_grad():
+                x = torch.cat([method.embed(batch["x"]) for batch in make_batches(epoch)])
+            row.update(method.codebook_update(x, epoch=epoch))
         history.append(row)
     return history
 
