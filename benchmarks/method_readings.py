@@ -18,7 +18,7 @@ import torch
 from eval.metrics import average_precision, mean_ap
 from trainer.encoders import EncoderConfig
 from benchmarks.plain_loop import batches_of, fit_plain, synthetic_weak_tags
-from trainer.methods import method_config, OptimConfig, build_method, label_embeddings
+from trainer.methods import MethodConfig, OptimConfig, build_method, label_embeddings, method_config
 
 SEEDS = (0, 1, 2)
 N_TRAIN, N_QUERY = 600, 200

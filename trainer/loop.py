@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer import distributed as dist, resume
-from trainer.resume import TrainState
 from shards.config import from_dict, to_dict
-from trainer.metrics_log import EpochClock, format_line, plot_curves
+from trainer import distributed as dist, resume
 from trainer.config import RunConfig
+from trainer.metrics_log import EpochClock, format_line, plot_curves
+from trainer.resume import TrainState
 
 
 @dataclass
@@ -378,7 +378,6 @@ def write_final(run: WorkerRun, state: TrainState) -> None:
 
     from shards import storage
     from trainer.inference import save_inference
-
     from trainer.methods import unwrap
 
     final = storage.join(run.cfg.storage.path, run.cfg.storage.name, "final")

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray.train
 
     try:
-        result = build_trainer(cfg).fit()
+        build_trainer(cfg).fit()
     except ray.train.TrainingFailedError as e:  # out of retries: the workers' error, once
         print(f"wsdhq train: training failed: {e}", file=sys.stderr)
         return 1

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.methods.conftest import aqd_map
-from trainer.inference import load_inference, save_inference
-from trainer.encoders import EncoderConfig
 from benchmarks.plain_loop import batches_of, fit_plain
-from trainer.losses import adaptive_margin_loss
 from shards.config import to_dict
+from tests.methods.conftest import aqd_map
+from trainer.encoders import EncoderConfig
+from trainer.inference import load_inference, save_inference
+from trainer.losses import adaptive_margin_loss
 from trainer.methods import LocalCollectives, OptimConfig, build_method, label_embeddings, method_config
 
 ENC = EncoderConfig(kind="mlp", in_features=32, hidden=64)

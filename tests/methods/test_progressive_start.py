@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainer.encoders import EncoderConfig
-from trainer.methods import method_config, build_method, label_embeddings
+from trainer.methods import build_method, label_embeddings, method_config
 from trainer.quantizers import ProgressiveQuantizer
 
 ENC = EncoderConfig(kind="mlp", in_features=12, hidden=16)
