@@ -115,7 +115,8 @@ def _tagged_model(tmp_path, name, k):
     samples = [s for url in Manifest.load(str(tmp_path / "corpus")).shard_urls() for s in iter_samples(url)]
     x = torch.tensor(np.stack([s["feat"] for s in samples]), dtype=torch.float32)
     y = torch.from_numpy(sem.targets([s["tags"] for s in samples]))
-    cfg = method_config(name=name, M=2, K=k, feature_epochs=6, update_every=2, seed=0)
+    schedule = {"update_every": 2} if name == "wsdhq" else {"feature_epochs": 6}
+    cfg = method_config(name=name, M=2, K=k, seed=0, **schedule)
     method = build_method(cfg, EncoderConfig(kind="mlp", in_features=16, hidden=32), sem.embeddings)
     assert method.cfg.embed_dim == 8  # method.embed_dim defaults to the tag embeddings' dimension
     fit_plain(method, lambda e: [{"x": x[i:i + 64], "y": y[i:i + 64]} for i in range(0, len(x), 64)], 12,

@@ -88,11 +88,12 @@ def test_a_trained_two_worker_runs_codebook_update_is_the_one_process_update_on_
     method.load_state_dict(after)  # the encoder the last update embedded with (trained 3 epochs)
     trained = {k: v.clone() for k, v in method.encoder.state_dict().items()}
     assert any(not torch.equal(v, before["net"][k]) for k, v in after["net"].items())  # it did train
-    method.quantizer.codebooks = before["coding"]["codebooks"].float().clone()  # the codebooks before that update
-    method.codebook_updates = before["coding"]["updates"]
+    method.quantizer.codebooks = before["coding"]["codebooks"].float().clone()  # the codebooks before it
+    method.coding.updates = before["coding"]["updates"]
     run = WorkerRun(cfg, 0, 1, torch.device("cpu"), method, None, None, supervision, supervision.hash)
     info = update_codebooks(run, epoch=2)  # world size 1: no process group, the collectives are identity
-    torch.testing.assert_close(method.quantizer.codebooks, after["coding"]["codebooks"].float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(method.quantizer.codebooks, after["coding"]["codebooks"].float(), rtol=0,
+                               atol=1e-5)
     assert not torch.equal(after["coding"]["codebooks"], before["coding"]["codebooks"])  # the update moved them
     assert info["codebook_samples"] == 480
     assert info["quantization_error"] == pytest.approx(final.state.metrics[2]["quantization_error"], rel=1e-5)
@@ -101,8 +102,8 @@ def test_a_trained_two_worker_runs_codebook_update_is_the_one_process_update_on_
 
 
 def _assert_same_run(loaded, reference):
-    torch.testing.assert_close(loaded.method_state["coding"]["codebooks"], reference.method_state["coding"]["codebooks"],
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(loaded.method_state["coding"]["codebooks"],
+                               reference.method_state["coding"]["codebooks"], rtol=0, atol=1e-5)
     for k, v in reference.method_state["net"].items():
         torch.testing.assert_close(loaded.method_state["net"][k], v, rtol=0, atol=1e-5)
     assert [m["epoch"] for m in loaded.state.metrics] == [0, 1, 2]  # no epoch counted twice
