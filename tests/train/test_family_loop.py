@@ -2,6 +2,7 @@
 inference export and the encode path; MeCoQ's code memory across a resume."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.train.conftest import run_config
@@ -58,3 +59,37 @@ def test_mopq_trains_through_the_loop_and_exports_codes_the_quantizer_reproduces
     # the saved codebooks are the trained ones, bit for bit
     pq_weight = state.method_state["net"]["pq.weight"]
     assert torch.equal(model.quantizer.weight.detach(), pq_weight)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mopq_on_two_ray_workers_sees_twice_the_negatives_of_one(ray_local, digits_features, tmp_path):
+    """Ray Train, 2 workers with DDP: each row's negatives are both workers' rows (80 a step)."""
+    cfg = run_config(digits_features, tmp_path, "mopq2", "method.name=mopq", "method.quantizer={M: 2, K: 16}",
+                     "training.epochs=1", "scaling.num_workers=2")
+    result = build_trainer(cfg).fit()
+    assert result.error is None
+    with result.checkpoint.as_directory() as d:
+        history = resume.load(d).state.metrics
+    first = history[0]
+    assert first["world_size"] == 2 and first["samples"] == 480
+    # negatives + untagged rows + the row itself = the 2 x 40 rows gathered each step (1 worker:
+    # 40); "untagged" is each rank's own count, averaged over the 2 ranks like every loss term
+    assert first["loss/negatives"] + 2 * first["loss/untagged"] == pytest.approx(79.0)
+
+
+@pytest.mark.ray
+@pytest.mark.deepspeed
+@pytest.mark.slow
+def test_mecoq_under_deepspeed_zero1_on_two_workers_checkpoints_the_gathered_memory(ray_local, digits_features,
+                                                                                  tmp_path):
+    cfg = run_config(digits_features, tmp_path, "mecoq-ds", *MECOQ, "training.epochs=2", "scaling.num_workers=2",
+                     "training.engine=deepspeed", "training.deepspeed.zero_stage=1")
+    result = build_trainer(cfg).fit()
+    assert result.error is None
+    with result.checkpoint.as_directory() as d:
+        loaded = resume.load(d)
+    history = loaded.state.metrics
+    assert [m["world_size"] for m in history] == [2, 2] and history[1]["loss/memory"] == 100.0
+    # 6 steps of 2 x 40 rows x 2 views went through the memory; it holds the newest 100 rows
+    assert loaded.method_state["objective"]["memory"].shape == (100, 2, 16)
