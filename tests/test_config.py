@@ -114,11 +114,11 @@ RUN_RANGES = [
     (["method.name=dpq", "method.quantizer.softmax_gamma=0"],
      "method.quantizer.softmax_gamma: must be > 0, got 0.0"),
     # the quantizer section is a tagged union: kind picks the member (the preset's when absent)
-    (["method.quantizer.kind=bogus"], "method.quantizer.kind: 'bogus' is not one of 'additive', 'progressive'"),
+    (["method.quantizer.kind=bogus"], "method.quantizer.kind: 'bogus' is not one of 'additive', 'progressive', 'product'"),
     (["method.name=dpq", "method.quantizer.update_every=2"],
      "unknown config key 'update_every' under 'method.quantizer'; known: K, M, end_to_end, feature_epochs, init, "
      "kind, kmeans_sample, mu, nu, softmax_gamma, tau"),
-    (["method.name=bogus"], "method.name: 'bogus' is not one of 'wsdhq', 'wsdhq_progressive', 'dpq'"),
+    (["method.name=bogus"], "method.name: 'bogus' is not one of 'wsdhq', 'wsdhq_progressive', 'dpq', 'mecoq', 'mopq'"),
     (["training.epochs=0"], "training.epochs: must be >= 1, got 0"),
     (["training.optim.lr=-1"], "training.optim.lr: must be >= 0, got -1.0"),
     (["training.optim.momentum=1"], "training.optim.momentum: must be in [0, 1), got 1.0"),

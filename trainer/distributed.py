@@ -109,3 +109,44 @@ class ProcessGroupCollectives:
 
     def gather_rows(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return gather_rows(rows, index)[0]
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows concatenated in rank order; the backward sums every rank's gradient of the
+    gathered rows (one all-reduce) and hands each rank its own rows' part. Ranks may hold different
+    numbers of rows (padded to the largest for the collective, the padding dropped)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        n_max = max(sizes)
+        padded = torch.zeros((n_max, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        padded[: len(t)] = t
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start: start + ctx.sizes[ctx.rank]], None
+
+
+def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(all ranks' rows of ``t`` in rank order, where this rank's rows start): the cross-device
+    sampling of the contrastive objectives (MoPQ's Differentiable Cross-device Sampling).
+
+    The local rows keep their gradient, and the backward adds in what every other rank's loss sends
+    them: when every rank computes the same loss on the gathered rows, each rank's gradient is
+    world_size × its share, and DDP's average over ranks turns it into exactly the gradient of one
+    process computing that loss on the concatenated batch. Without a process group: ``(t, 0)``.
+    """
+    if not is_distributed():
+        return t, 0
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=_comm_device())
+    parts = [torch.empty_like(n) for _ in range(world_size())]
+    dist.all_gather(parts, n)
+    sizes = [int(p.item()) for p in parts]
+    return _GatherRows.apply(t, sizes), sum(sizes[: rank()])

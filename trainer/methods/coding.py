@@ -1,6 +1,6 @@
 """How a method codes: the quantizer it owns, the loss term it adds, and how its codebooks learn.
 
-Two codings, one per quantizer kind; a method holds one (``CODINGS[cfg.quantizer.kind]``) and asks
+Three codings, one per quantizer kind; a method holds one (``CODINGS[cfg.quantizer.kind]``) and asks
 it the same five things whatever the kind: ``module`` (gradient-trained codebooks that go inside
 the DDP-wrapped network, or None), ``loss(out, epoch)``, ``needs_update(epoch, epochs)``,
 ``update(embeddings, index, collectives, epoch)`` and ``state_dict`` / ``load_state_dict``.
@@ -10,6 +10,8 @@ the DDP-wrapped network, or None), ``loss(out, epoch)``, ``needs_update(epoch, e
   every rank solves the same codebooks. The network sees λ·‖V̄(t − t̂)‖² with per-batch codes.
 - ``ProgressiveCoding`` (DPQ): residual codebooks trained by gradient beside the encoder; an
   optional one-off residual k-means start just before L_Q switches on.
+- ``ProductCoding`` (MeCoQ, MoPQ): product codebooks of unit codewords trained by gradient through
+  the objective (the coding adds no loss term); an optional spherical k-means start.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import torch
 from torch import nn
 
 from trainer.losses import progressive_distortions, quantization_loss, reading_weights
-from trainer.methods.config import AdditiveConfig, ProgressiveConfig
-from trainer.quantizers import AdditiveQuantizer, CodebookStatistics, ProgressiveQuantizer
+from trainer.methods.config import AdditiveConfig, ProductConfig, ProgressiveConfig
+from trainer.quantizers import AdditiveQuantizer, CodebookStatistics, ProductQuantizer, ProgressiveQuantizer
 
 
 class Collectives(Protocol):
@@ -183,4 +185,41 @@ class ProgressiveCoding:
         self.updates = int(state["updates"])
 
 
-CODINGS = {"additive": AdditiveCoding, "progressive": ProgressiveCoding}
+class ProductCoding:
+    """MeCoQ's and MoPQ's product codebooks: trained by gradient through the objective's use of the
+    soft / straight-through reconstructions (this coding adds no loss of its own), with an optional
+    one-off spherical k-means start after ``kmeans_epoch`` epochs."""
+
+    def __init__(self, cfg: ProductConfig, dim: int, V: torch.Tensor, space: str, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.quantizer = ProductQuantizer(dim, cfg.M, cfg.K, cfg.alpha, seed=seed)
+        self.generator = torch.Generator().manual_seed(seed)  # unused by this kind; checkpointed alike
+        self.updates = 0
+
+    @property
+    def module(self) -> nn.Module:
+        return self.quantizer
+
+    def loss(self, out: dict, epoch: int) -> tuple[None, dict[str, float]]:
+        return None, {}
+
+    def needs_update(self, epoch: int, epochs: int | None) -> bool:
+        return self.cfg.init == "kmeans" and self.updates == 0 and epoch + 1 == self.cfg.kmeans_epoch
+
+    def update(self, embeddings: torch.Tensor, index: torch.Tensor, collectives: Collectives,
+               epoch: int) -> dict[str, Any]:
+        """Spherical k-means per block on the gathered sample (the same on every rank)."""
+        n = self.cfg.kmeans_sample
+        rows = collectives.gather_rows(embeddings[:n].detach().float().cpu(), index[:n])
+        self.quantizer.fit(rows, self.seed)
+        self.updates += 1
+        return {"codebook_updates": self.updates, "samples": int(len(rows)), "dead_codewords": 0}
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates}  # the codebooks are parameters of the network's state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+
+
+CODINGS = {"additive": AdditiveCoding, "progressive": ProgressiveCoding, "product": ProductCoding}

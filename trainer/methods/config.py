@@ -2,7 +2,7 @@
 
 ``method.name`` picks a row of ``METHODS`` (what the method is supervised by, whether it has a
 classification head, and the defaults it brings); ``method.loss`` configures the loss and
-``method.quantizer`` the code (``kind: additive`` or ``progressive``, each with its own
+``method.quantizer`` the code (``kind: additive``, ``progressive`` or ``product``, each with its own
 settings and training schedule). Any preset composes with either quantizer: ``wsdhq`` with
 ``quantizer.kind=progressive`` is the weak-tag progressive variant, ``wsdhq_progressive`` names it.
 Settings a preset decides (``space``, ``loss.mask``, ``quantizer.init``) are ``"auto"`` until
@@ -22,10 +22,11 @@ class MethodSpec:
 
     supervision: Literal["tags", "labels"]  # merged weak tags (TagSemantics) or manifest labels
     classifier: bool                        # DPQ's classification head and loss on the labels
-    quantizer: Literal["additive", "progressive"]
+    quantizer: Literal["additive", "progressive", "product"]
     space: Literal["sphere", "raw"]         # where codes live: z = f/‖f‖ (paper) or raw tanh f
     margin_mask: Literal["pos_neg", "all"]  # which tag pairs the margin loss ranks
     progressive_init: Literal["kmeans", "random"]
+    loss: Literal["margin", "mecoq", "mopq"] = "margin"  # the objective's kind (a loss section without kind)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -35,6 +36,12 @@ METHODS: dict[str, MethodSpec] = {
     "wsdhq_progressive": MethodSpec("tags", False, "progressive", "sphere", "pos_neg", "kmeans"),
     # DPQ (IJCAI 2019): labels, margin + classification loss, raw f, progressive codebooks from N(0, 0.01²).
     "dpq": MethodSpec("labels", True, "progressive", "raw", "all", "random"),
+    # MeCoQ (AAAI 2022): no tags at all; two views, debiased contrastive loss on soft-quantized
+    # views with a code memory; gradient-trained product codebooks of unit codewords.
+    "mecoq": MethodSpec("tags", False, "product", "sphere", "pos_neg", "kmeans", "mecoq"),
+    # MoPQ (EMNLP 2021): the Multinoulli contrastive loss on straight-through hard reconstructions,
+    # negatives gathered across workers; keys from the merged weak tags or a second view.
+    "mopq": MethodSpec("tags", False, "product", "sphere", "pos_neg", "kmeans", "mopq"),
 }
 
 
@@ -125,7 +132,90 @@ class ProgressiveConfig:
                 f"must be >= K ({self.K}): k-means needs K rows, got {self.kmeans_sample}")
 
 
-QuantizerConfig = Union[AdditiveConfig, ProgressiveConfig]
+@dataclass
+class ProductConfig:
+    """Gradient-trained product codebooks (M blocks of K unit codewords, cosine assignment), shared
+    by MeCoQ and MoPQ (``trainer.quantizers.ProductQuantizer``)."""
+
+    kind: Literal["product"] = "product"
+    M: int = 4  # blocks of D/M dims (np.array_split); bits = M·log2 K
+    K: int = 256
+    alpha: float = 10.0  # soft assignment softmax_k(α·cos) (MeCoQ: 10)
+    # "kmeans": spherical k-means per block on the embeddings after ``kmeans_epoch`` epochs (this
+    # project's choice for short runs on few images); "random": normalised Gaussian codewords only.
+    init: Literal["auto", "kmeans", "random"] = "auto"
+    kmeans_epoch: int = 1  # epochs of contrastive training before the k-means start
+    kmeans_sample: int = 20000  # rows per rank gathered for the k-means start
+
+    def __post_init__(self):
+        _check_code(self)
+        require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha!r}")
+        at_least(self, "kmeans_epoch", 1)
+        require(self.kmeans_sample >= self.K, "kmeans_sample",
+                f"must be >= K ({self.K}): k-means needs K rows, got {self.kmeans_sample}")
+
+
+QuantizerConfig = Union[AdditiveConfig, ProgressiveConfig, ProductConfig]
+
+
+@dataclass
+class Views:
+    """The second view of an input for the contrastive objectives: ``dropout`` (each input value
+    zeroed with this probability, the rest scaled by 1/(1-p)) then Gaussian ``noise`` of this
+    standard deviation relative to each row's RMS. On backbone features this is the whole
+    augmentation (the images are not seen again); on images it is pixel dropout and noise."""
+
+    dropout: float = 0.2
+    noise: float = 0.1
+
+    def __post_init__(self):
+        within(self, "dropout", 0, 1, high_open=True)
+        at_least(self, "noise", 0)
+
+
+@dataclass
+class MeCoQLossConfig:
+    """MeCoQ's loss on two views' soft reconstructions (methods.md §3):
+    L = contrastive(T, debiased with τ⁺) + λ_H·entropy(p) + γ_C·mean c_mkᵀc_mk' , negatives = the
+    other in-batch views (gathered across workers) + the code memory from ``memory_epoch``."""
+
+    kind: Literal["mecoq"] = "mecoq"
+    temperature: float = 0.4  # T (Flickr 16 bits: 0.4)
+    debias: bool = True  # Chuang et al.'s debiased estimator ("debias" mode) or plain ("simple")
+    pos_prior: float = 0.15  # τ⁺
+    entropy_weight: float = 0.5  # λ_H
+    codeword_weight: float = 0.5  # γ_C; here with gradient (the released code detaches it)
+    memory_size: int = 384  # soft codes in the FIFO (0: no memory)
+    memory_epoch: int = 2  # epochs before the memory joins the negatives (Flickr: 5)
+    views: Views = field(default_factory=Views)
+
+    def __post_init__(self):
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature!r}")
+        within(self, "pos_prior", 0, 1, high_open=True)
+        for key in ("entropy_weight", "codeword_weight", "memory_size", "memory_epoch"):
+            at_least(self, key, 0)
+
+
+@dataclass
+class MoPQLossConfig:
+    """MoPQ's Multinoulli contrastive loss: −log softmax_j ⟨q_i, k̂_j⟩/T over the batch's keys
+    (gathered across workers), k̂ the straight-through hard reconstruction of the coded side, plus
+    ``dense_weight`` × the same loss on the unquantized keys (the released code's first term)."""
+
+    kind: Literal["mopq"] = "mopq"
+    # "tags": the image's merged-tag embedding is the other side; "views": a second view of the image
+    keys: Literal["tags", "views"] = "tags"
+    temperature: float = 0.1
+    dense_weight: float = 1.0
+    cross_device: bool = True  # all-gather q, k, k̂ across workers (Differentiable Cross-device Sampling)
+    views: Views = field(default_factory=Views)
+
+    def __post_init__(self):
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature!r}")
+        at_least(self, "dense_weight", 0)
+
+
+LossConfig = Union[MarginLossConfig, MeCoQLossConfig, MoPQLossConfig]
 
 
 def _check_code(cfg) -> None:
@@ -135,13 +225,13 @@ def _check_code(cfg) -> None:
 
 @dataclass
 class MethodConfig:
-    name: Literal["wsdhq", "wsdhq_progressive", "dpq"] = "wsdhq"
+    name: Literal["wsdhq", "wsdhq_progressive", "dpq", "mecoq", "mopq"] = "wsdhq"
     # the tag / label embedding dimension; 0: taken from them (the tag artifact's, or
     # LABEL_EMBED_DIM for DPQ's generated label embeddings)
     embed_dim: int = 0
     space: Literal["auto", "sphere", "raw"] = "auto"  # where codes live; auto: the preset's
     seed: int = 0
-    loss: MarginLossConfig = field(default_factory=MarginLossConfig)
+    loss: Optional[LossConfig] = None  # None: the preset's kind with its defaults
     quantizer: Optional[QuantizerConfig] = None  # None: the preset's kind with its defaults
 
     @classmethod
@@ -149,9 +239,10 @@ class MethodConfig:
         """A quantizer section without ``kind`` takes the preset's, so ``method.name=dpq
         method.quantizer.M=8`` configures DPQ's progressive quantizer."""
         spec = METHODS.get(data.get("name", "wsdhq"))
-        q = data.get("quantizer")
-        if spec is not None and (q is None or (isinstance(q, dict) and "kind" not in q)):
-            data["quantizer"] = {"kind": spec.quantizer, **(q or {})}
+        for section, kind in (("quantizer", spec and spec.quantizer), ("loss", spec and spec.loss)):
+            q = data.get(section)
+            if spec is not None and (q is None or (isinstance(q, dict) and "kind" not in q)):
+                data[section] = {"kind": kind, **(q or {})}
         return data
 
     @property
@@ -164,14 +255,24 @@ class MethodConfig:
         at_least(self, "embed_dim", 0)
         spec = self.spec
         if self.quantizer is None:
-            self.quantizer = AdditiveConfig() if spec.quantizer == "additive" else ProgressiveConfig()
+            self.quantizer = {"additive": AdditiveConfig, "progressive": ProgressiveConfig,
+                              "product": ProductConfig}[spec.quantizer]()
+        if self.loss is None:
+            self.loss = {"margin": MarginLossConfig, "mecoq": MeCoQLossConfig, "mopq": MoPQLossConfig}[spec.loss]()
         if self.space == "auto":
             self.space = spec.space
-        if self.loss.mask == "auto":
+        if isinstance(self.loss, MarginLossConfig) and self.loss.mask == "auto":
             self.loss.mask = spec.margin_mask
         q = self.quantizer
-        if isinstance(q, ProgressiveConfig) and q.init == "auto":
+        if isinstance(q, (ProgressiveConfig, ProductConfig)) and q.init == "auto":
             q.init = spec.progressive_init
+        # the contrastive objectives learn through the codes: they need the product codebooks'
+        # soft and straight-through reconstructions
+        require(isinstance(self.loss, MarginLossConfig) or isinstance(q, ProductConfig), "quantizer.kind",
+                f"method.loss.kind={self.loss.kind} needs quantizer.kind=product, got {q.kind}")
+        require(not isinstance(q, ProductConfig) or not self.embed_dim or q.M <= self.embed_dim,
+                "quantizer.M", f"must be <= method.embed_dim ({self.embed_dim}) for the product "
+                f"quantizer, got {q.M}")
         # the additive quantizer's k-means start splits the dimensions into M blocks
         require(not isinstance(q, AdditiveConfig) or not self.embed_dim or q.M <= self.embed_dim,
                 "quantizer.M", f"must be <= method.embed_dim ({self.embed_dim}) for the additive "
@@ -182,6 +283,13 @@ class MethodConfig:
         """Whether the codebooks start from k-means on the embeddings (needs faiss and >= K samples)."""
         q = self.quantizer
         return isinstance(q, AdditiveConfig) or q.init == "kmeans"
+
+    @property
+    def end_to_end(self) -> bool:
+        """Whether the codebooks' forward sees the embeddings with their gradient: DPQ's option;
+        always for the product kind (the contrastive losses train the encoder through the codes)."""
+        q = self.quantizer
+        return isinstance(q, ProductConfig) or getattr(q, "end_to_end", False)
 
 
 @dataclass
@@ -203,7 +311,9 @@ class OptimConfig:
 
 
 _TOP = {"embed_dim", "space", "seed"}
-_LOSS = {"gamma", "mask", "cls_weight", "multi_label"}
+_LOSS = {"gamma", "mask", "cls_weight", "multi_label", "temperature", "debias", "pos_prior",
+         "entropy_weight", "codeword_weight", "memory_size", "memory_epoch", "views", "keys",
+         "dense_weight", "cross_device"}
 
 
 def method_config(name: str = "wsdhq", **keys) -> MethodConfig:

@@ -45,8 +45,8 @@ class MethodNet(nn.Module):
         t = reading_target(f, self.space)
         res = {"f": f, "t": t} if logits is None else {"f": f, "t": t, "logits": logits}
         if self.pq is not None:
-            soft, hard, codes = self.pq(t if self.end_to_end else t.detach())
-            res.update(soft=soft, hard=hard, codes=codes)
+            q = self.pq(t if self.end_to_end else t.detach())
+            res.update(q if isinstance(q, dict) else dict(zip(("soft", "hard", "codes"), q)))
         return res
 
 
@@ -98,8 +98,9 @@ class Method:
             torch.manual_seed(cfg.seed)
             encoder = build_encoder(encoder_cfg, cfg.embed_dim)
         self.coding = CODINGS[cfg.quantizer.kind](cfg.quantizer, cfg.embed_dim, self.V, cfg.space, cfg.seed)
-        self.net: nn.Module = MethodNet(encoder, self.coding.module, cfg.space,
-                                        getattr(cfg.quantizer, "end_to_end", False))
+        if hasattr(self.objective, "bind"):  # an objective that decodes with the codebooks
+            self.objective.bind(self.coding.quantizer)
+        self.net: nn.Module = MethodNet(encoder, self.coding.module, cfg.space, cfg.end_to_end)
 
     @property
     def quantizer(self):
@@ -121,8 +122,11 @@ class Method:
     def loss(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss for one batch: ``batch["x"]`` images/features, ``batch["y"]`` (B, T) multi-hot
         tags (WSDHQ) or labels (DPQ), any dtype."""
-        out = self.net(batch["x"])
-        total, terms = self.objective.loss(out, batch["y"].to(out["f"].device))
+        x = batch["x"]
+        if hasattr(self.objective, "inputs"):  # e.g. two stacked views of every input
+            x = self.objective.inputs(x)
+        out = self.net(x)
+        total, terms = self.objective.loss(out, batch["y"].to(out["f"].device), epoch)
         l_q, q_terms = self.coding.loss(out, epoch)
         if l_q is not None:
             total = total + l_q
@@ -137,7 +141,11 @@ class Method:
             opts = [torch.optim.Adam(params, cfg.lr, weight_decay=cfg.weight_decay)]
         else:
             opts = [torch.optim.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)]
-        if net.pq is not None:
+        if net.pq is not None and cfg.kind == "adam" and self.cfg.quantizer.kind == "product":
+            # one Adam, two groups (the same updates as two Adams): DeepSpeed takes one optimizer
+            opts[0].add_param_group({"params": list(net.pq.parameters()), "lr": cfg.codebook_lr,
+                                     "weight_decay": 0.0})
+        elif net.pq is not None:
             opts.append(torch.optim.Adam(net.pq.parameters(), cfg.codebook_lr))
         return MethodOptimizer(opts, cfg)
 
@@ -184,11 +192,16 @@ class Method:
     def state_dict(self) -> dict:
         """Tensors only (loads with ``torch.load(weights_only=True)``): the network's weights
         (gradient-trained codebooks included) and the coding's own state."""
-        return {"net": unwrap(self.net).state_dict(), "coding": self.coding.state_dict()}
+        state = {"net": unwrap(self.net).state_dict(), "coding": self.coding.state_dict()}
+        if hasattr(self.objective, "state_dict"):  # e.g. MeCoQ's code memory
+            state["objective"] = self.objective.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         unwrap(self.net).load_state_dict(state["net"])
         self.coding.load_state_dict(state["coding"])
+        if hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
 
 
 LABEL_EMBED_DIM = 300  # DPQ's label embeddings when method.embed_dim is left at 0

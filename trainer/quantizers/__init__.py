@@ -1,4 +1,5 @@
-"""Quantizers: WSDHQ's additive (ICM + ridge LS) and DPQ's progressive (residual, cosine) kinds.
+"""Quantizers: WSDHQ's additive (ICM + ridge LS), DPQ's progressive (residual, cosine) and the
+gradient-trained product kind (MeCoQ, MoPQ).
 
 One interface (``encode(x)`` -> uint8 (N, M), ``decode``, ``lut``, ``save`` / ``load`` to ``.npz``);
 ``load_quantizer(path)`` reads either kind, with everything its ``encode`` depends on.
@@ -11,10 +12,12 @@ from typing import IO
 from .additive import AdditiveQuantizer
 from .base import CodeSpec, Quantizer, read_npz
 from .icm import distortion, icm_encode
+from .product import ProductQuantizer
 from .progressive import ProgressiveOutput, ProgressiveQuantizer
 from .statistics import CodebookStatistics, solve_codebooks
 
-KINDS: dict[str, type[Quantizer]] = {"additive": AdditiveQuantizer, "progressive": ProgressiveQuantizer}
+KINDS: dict[str, type[Quantizer]] = {"additive": AdditiveQuantizer, "progressive": ProgressiveQuantizer,
+                                     "product": ProductQuantizer}
 
 
 def load_quantizer(path: str | Path | IO[bytes]) -> Quantizer:
@@ -26,5 +29,5 @@ def load_quantizer(path: str | Path | IO[bytes]) -> Quantizer:
 
 
 __all__ = ["AdditiveQuantizer", "CodeSpec", "CodebookStatistics", "ProgressiveOutput",
-           "ProgressiveQuantizer", "Quantizer", "distortion",
+           "ProductQuantizer", "ProgressiveQuantizer", "Quantizer", "distortion",
            "icm_encode", "load_quantizer", "solve_codebooks"]
