@@ -46,6 +46,7 @@ class LocalCollectives:
 
 class AdditiveCoding:
     module = None  # nothing here is trained by gradient
+    one_optimizer = False
 
     def __init__(self, cfg: AdditiveConfig, dim: int, V: torch.Tensor, space: str, seed: int):
         self.cfg, self.seed = cfg, seed
@@ -140,6 +141,8 @@ class AdditiveCoding:
 
 
 class ProgressiveCoding:
+    one_optimizer = False  # DPQ's own Adam on the codebooks beside the network's optimizer
+
     def __init__(self, cfg: ProgressiveConfig, dim: int, V: torch.Tensor, space: str, seed: int):
         self.cfg, self.seed = cfg, seed
         self.quantizer = ProgressiveQuantizer(dim, cfg.M, cfg.K, cfg.softmax_gamma, seed=seed)
@@ -189,6 +192,8 @@ class ProductCoding:
     """MeCoQ's and MoPQ's product codebooks: trained by gradient through the objective's use of the
     soft / straight-through reconstructions (this coding adds no loss of its own), with an optional
     one-off spherical k-means start after ``kmeans_epoch`` epochs."""
+
+    one_optimizer = True  # its codebooks join the network's Adam as a second group (DeepSpeed takes one)
 
     def __init__(self, cfg: ProductConfig, dim: int, V: torch.Tensor, space: str, seed: int):
         self.cfg, self.seed = cfg, seed

@@ -141,7 +141,7 @@ class Method:
             opts = [torch.optim.Adam(params, cfg.lr, weight_decay=cfg.weight_decay)]
         else:
             opts = [torch.optim.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)]
-        if net.pq is not None and cfg.kind == "adam" and self.cfg.quantizer.kind == "product":
+        if net.pq is not None and cfg.kind == "adam" and self.coding.one_optimizer:
             # one Adam, two groups (the same updates as two Adams): DeepSpeed takes one optimizer
             opts[0].add_param_group({"params": list(net.pq.parameters()), "lr": cfg.codebook_lr,
                                      "weight_decay": 0.0})
