@@ -58,8 +58,11 @@ def ensure_token() -> Path:
     """Create ``~/.ray/auth_token`` if there is none (Ray's own command; an existing token is kept),
     readable by this user only: created under umask 077 and chmod 0600 (Ray itself writes it 0644,
     and an older token may be 0644 already)."""
-    subprocess.run([ray_executable(), "get-auth-token", "--generate"], check=True, env=_token_env(),
-                   stdout=subprocess.DEVNULL, umask=0o077)
+    # Ray's INFO record about a new token goes to stderr; it is shown only if the command fails.
+    done = subprocess.run([ray_executable(), "get-auth-token", "--generate"], env=_token_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=0o077)
+    if done.returncode:
+        raise RuntimeError(f"`ray get-auth-token --generate` failed ({done.returncode}): {done.stderr.strip()}")
     path = token_path()
     if path.exists():
         path.chmod(0o600)
@@ -109,8 +112,13 @@ class LocalHead:
         agent_ports = [f"--{name}={_free_port()}" for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
             "runtime-env-agent-port", "ray-client-server-port")]
+        # Every process of this head (actors, Ray Train's controller and its placement-group cleaner)
+        # finds the head by RAY_ADDRESS. Without it, a process asking for "the local Ray instance"
+        # looks in the default temp dir, not this head's, then counts the machine's GCS processes,
+        # and fails ("Found multiple active Ray instances") when another head runs on the machine.
+        env = {**_token_env(), "RAY_ADDRESS": f"{_node_ip()}:{port}"}
         self._proc = subprocess.Popen(
-            _start_cmd(port, dash, self.num_cpus, None, self._temp_dir, True) + agent_ports, env=_token_env(),
+            _start_cmd(port, dash, self.num_cpus, None, self._temp_dir, True) + agent_ports, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.address = f"http://127.0.0.1:{dash}"
         deadline = time.monotonic() + self.startup_timeout_s
@@ -136,6 +144,20 @@ class LocalHead:
                 os.killpg(self._proc.pid, 9)
                 self._proc.wait()
         shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _node_ip() -> str:
+    """The address Ray picks for this node (its ``get_node_ip_address``: the interface of the default
+    route; no packet is sent), found without importing ray here: an imported ray fixes its auth mode,
+    and the job client must set token mode first."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("8.8.8.8", 80))
+            return s.getsockname()[0]
+        except OSError:  # no route at all: Ray falls back to loopback too
+            return "127.0.0.1"
 
 
 def _free_port() -> int:
