@@ -28,9 +28,16 @@ BASELINES = ("pq", "opq", "residual", "lsq")
 PROJECTIONS = ("none", "pca", "tags")
 
 
+# The tag semantics of the recipe (docs/results.md, "what was tried"): a 128-d co-occurrence space whose
+# graph enhancement gives the neighbours 0.95 of each tag's vector. The weak-tag methods train in it:
+# method.embed_dim=128 is passed here until the config's method section carries it.
+TAG_BUILD = ("graph.target_units=1178", "vectors.cooccurrence_dim=128", "graph.mix=0.95")
+TAG_DIM = ["method.embed_dim=128"]
+
+
 def models() -> dict[str, list[str]]:
-    out = {f"wsdhq-{b}": ["method.name=wsdhq", f"method.M={b // 8}"] for b in BITS}
-    out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", "method.M=4"]
+    out = {f"wsdhq-{b}": ["method.name=wsdhq", f"method.M={b // 8}", *TAG_DIM] for b in BITS}
+    out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", "method.M=4", *TAG_DIM]
     out["dpq-labels"] = ["method.name=dpq", "method.M=4"]
     return out
 
@@ -47,11 +54,11 @@ class BackboneRunner(Runner):
         if not (feats / "tags" / "semantics.json").is_file():
             self.sh("-m", "trainer.tags", "build-matrix", "--npz",
                     str(DATA / "cleared20015_tags1386_labels24.npz"), "--labels-key", "labels",
-                    "--out", str(feats / "tags"), "graph.target_units=1178")
+                    "--out", str(feats / "tags"), *TAG_BUILD)
         return feats
 
     def model(self, data: Path, seed: int, name: str, overrides: list[str], tags: Path | None = None,
-              baselines_on: bool = True) -> dict:
+              baselines_on: bool | None = None) -> dict:
         run = f"{name}-s{seed}"
         report = self.out / "reports" / run / "report.json"
         if not report.is_file():
@@ -62,7 +69,8 @@ class BackboneRunner(Runner):
                     f"method.seed={seed}", *overrides)
             self.sh("-m", "eval.encode", "--checkpoint", str(runs / run / "final"), "--shards", str(data),
                     "--out", str(self.out / "codes" / run), "--local")
-            baselines = list(BASELINES) if name.startswith("wsdhq-") and baselines_on else []
+            on = name.startswith("wsdhq-") if baselines_on is None else baselines_on
+            baselines = list(BASELINES) if on else []
             self.sh("-m", "eval.evaluate", "--query", str(self.out / "codes" / run / "query"), "--database",
                     str(self.out / "codes" / run / "database"), "--out", str(report.parent),
                     "--train-shards", str(data / "train"), "--query-shards", str(data / "query"),
@@ -133,10 +141,11 @@ def table(results: dict) -> str:
 
 def sweep(argv: list[str]) -> int:
     """One variant of the WSDHQ recipe, per seed and length: ``sweep --name V --features DIR [--tags DIR]
-    [--bits 16 32] [--seeds 0 1 2] [key=value ...]`` (the overrides go to ``trainer.train`` after the
-    config's). Each (seed, length) appends one line to ``<out>/sweep.jsonl``: AQD and float mAP@all,
-    both conventions, and the worst codebook's live codewords after each epoch (the latest update); the baselines are not
-    re-trained (``baselines.methods=[]``), the main run's table holds them."""
+    [--bits 16 32] [--seeds 0 1 2] [--baselines] -- [key=value ...]`` (the overrides, after ``--``, go
+    to ``trainer.train`` after the config's). Each (seed, length) appends one line to
+    ``<out>/sweep.jsonl``: AQD and float mAP@all, both conventions, the worst codebook's live
+    codewords after each epoch (the latest update), and with ``--baselines`` every baseline row of
+    the report (faiss and tag-ridge on the same features: needed when the features are new)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.results_backbone sweep")
     p.add_argument("--out", default="runs/results_backbone")
     p.add_argument("--name", required=True, help="variant label; runs are <name>-<bits>-s<seed>")
@@ -144,6 +153,8 @@ def sweep(argv: list[str]) -> int:
     p.add_argument("--tags", default=None, help="tag semantics artifact (default: <features>/tags)")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--baselines", action="store_true",
+                   help="also train the faiss and tag-ridge baselines on these features (new features only)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     r = BackboneRunner((REPO / a.out).resolve())
@@ -153,14 +164,16 @@ def sweep(argv: list[str]) -> int:
         for bits in a.bits:
             name = f"{a.name}-{bits}"
             rows = r.model(feats, seed, name, ["method.name=wsdhq", f"method.M={bits // 8}", *a.overrides],
-                           tags=tags, baselines_on=False)
-            own = next(v for k, v in rows.items() if k.split("|")[1] == "aqd" and k.split("|")[2] == str(bits)
-                       and "/" not in k.split("|")[0] and k.split("|")[0] not in BASELINES)
-            flt = next(v for k, v in rows.items() if k.endswith("|feature|None") and not k.startswith("inputs"))
+                           tags=tags, baselines_on=a.baselines)
+            own_key = next(k for k in rows if k.split("|")[1] == "aqd" and k.split("|")[2] == str(bits)
+                           and "/" not in k.split("|")[0] and k.split("|")[0] not in BASELINES)
+            flt_key = next(k for k in rows if k.endswith("|feature|None") and not k.startswith("inputs"))
+            own, flt = rows[own_key], rows[flt_key]
             metrics = json.loads((r.out / "runs" / f"{name}-s{seed}" / "final" / "metrics.json").read_text())
             live = [min(m["live_codewords"]) for m in metrics if m.get("live_codewords")]
             line = dict(name=a.name, bits=bits, seed=seed, features=a.features, tags=a.tags,
-                        overrides=a.overrides, aqd=own, float=flt, live=live)
+                        overrides=a.overrides, aqd=own, float=flt, live=live,
+                        baselines={k: v for k, v in rows.items() if a.baselines and k not in (own_key, flt_key)})
             with (r.out / "sweep.jsonl").open("a") as f:
                 f.write(json.dumps(line) + "\n")
             print(f"{a.name} {bits} bits seed {seed}: AQD {own['skip']:.4f} float {flt['skip']:.4f} (skip)",
