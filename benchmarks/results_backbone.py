@@ -14,6 +14,7 @@ ridge map (the simple tag baseline). A model whose report.json exists is not run
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -27,11 +28,19 @@ BASELINES = ("pq", "opq", "residual", "lsq")
 PROJECTIONS = ("none", "pca", "tags")
 
 
+# The tag semantics of the recipe (docs/results.md, "what was tried"): a 128-d co-occurrence space whose
+# graph enhancement gives the neighbours 0.95 of each tag's vector; configs/mirflickr_lite0.yaml trains
+# in it (method.embed_dim: 128) with the additive quantizer's ridge at 1.0 (with 575 training images the
+# least-squares solve for M*K = 1,024 codewords is under-determined: the 1e-3 ridge left 0.006-0.011 of
+# quantization loss at 32 bits).
+TAG_BUILD = ("graph.target_units=1178", "vectors.cooccurrence_dim=128", "graph.mix=0.95")
+
+
 def models() -> dict[str, list[str]]:
     out = {f"wsdhq-{b}": ["method.name=wsdhq", f"method.quantizer.M={b // 8}"] for b in BITS}
     progressive = "method.quantizer={kind: progressive, M: 4, feature_epochs: 3}"  # L_Q from epoch 3 of 6
     out["wsdhq_progressive"] = ["method.name=wsdhq_progressive", progressive]
-    out["dpq-labels"] = ["method.name=dpq", progressive]
+    out["dpq-labels"] = ["method.name=dpq", "method.embed_dim=64", progressive]
     return out
 
 
@@ -47,21 +56,23 @@ class BackboneRunner(Runner):
         if not (feats / "tags" / "semantics.json").is_file():
             self.sh("-m", "trainer.tags", "build-matrix", "--npz",
                     str(DATA / "cleared20015_tags1386_labels24.npz"), "--labels-key", "labels",
-                    "--out", str(feats / "tags"), "graph.target_units=1178")
+                    "--out", str(feats / "tags"), *TAG_BUILD)
         return feats
 
-    def model(self, data: Path, seed: int, name: str, overrides: list[str]) -> dict:
+    def model(self, data: Path, seed: int, name: str, overrides: list[str], tags: Path | None = None,
+              baselines_on: bool | None = None) -> dict:
         run = f"{name}-s{seed}"
         report = self.out / "reports" / run / "report.json"
         if not report.is_file():
             runs = self.out / "runs"
             self.sh("-m", "trainer.train", "--config", CONFIG, f"data.train={data / 'train'}",
-                    f"data.tags={data / 'tags'}", f"storage.path={runs}", f"storage.name={run}",
+                    f"data.tags={tags or data / 'tags'}", f"storage.path={runs}", f"storage.name={run}",
                     "scaling.num_workers=0", f"training.seed={seed}", f"reader.seed={seed}",
                     f"method.seed={seed}", *overrides)
             self.sh("-m", "eval.encode", "--checkpoint", str(runs / run / "final"), "--shards", str(data),
                     "--out", str(self.out / "codes" / run), "--local")
-            baselines = list(BASELINES) if name.startswith("wsdhq-") else []
+            on = name.startswith("wsdhq-") if baselines_on is None else baselines_on
+            baselines = list(BASELINES) if on else []
             self.sh("-m", "eval.evaluate", "--query", str(self.out / "codes" / run / "query"), "--database",
                     str(self.out / "codes" / run / "database"), "--out", str(report.parent),
                     "--train-shards", str(data / "train"), "--query-shards", str(data / "query"),
@@ -130,7 +141,52 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep(argv: list[str]) -> int:
+    """One variant of the WSDHQ recipe, per seed and length: ``sweep --name V --features DIR [--tags DIR]
+    [--bits 16 32] [--seeds 0 1 2] [--baselines] -- [key=value ...]`` (the overrides, after ``--``, go
+    to ``trainer.train`` after the config's). Each (seed, length) appends one line to
+    ``<out>/sweep.jsonl``: AQD and float mAP@all, both conventions, the worst codebook's live
+    codewords after each epoch (the latest update), and with ``--baselines`` every baseline row of
+    the report (faiss and tag-ridge on the same features: needed when the features are new)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.results_backbone sweep")
+    p.add_argument("--out", default="runs/results_backbone")
+    p.add_argument("--name", required=True, help="variant label; runs are <name>-<bits>-s<seed>")
+    p.add_argument("--features", required=True, help="features root with train/query/database")
+    p.add_argument("--tags", default=None, help="tag semantics artifact (default: <features>/tags)")
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--baselines", action="store_true",
+                   help="also train the faiss and tag-ridge baselines on these features (new features only)")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+    r = BackboneRunner((REPO / a.out).resolve())
+    feats = (REPO / a.features).resolve()
+    tags = (REPO / a.tags).resolve() if a.tags else None
+    for seed in a.seeds:
+        for bits in a.bits:
+            name = f"{a.name}-{bits}"
+            rows = r.model(feats, seed, name, ["method.name=wsdhq", f"method.quantizer.M={bits // 8}", *a.overrides],
+                           tags=tags, baselines_on=a.baselines)
+            own_key = next(k for k in rows if k.split("|")[1] == "aqd" and k.split("|")[2] == str(bits)
+                           and "/" not in k.split("|")[0] and k.split("|")[0] not in BASELINES)
+            flt_key = next(k for k in rows if k.endswith("|feature|None") and not k.startswith("inputs"))
+            own, flt = rows[own_key], rows[flt_key]
+            metrics = json.loads((r.out / "runs" / f"{name}-s{seed}" / "final" / "metrics.json").read_text())
+            live = [min(m["live_codewords"]) for m in metrics if m.get("live_codewords")]
+            line = dict(name=a.name, bits=bits, seed=seed, features=a.features, tags=a.tags,
+                        overrides=a.overrides, aqd=own, float=flt, live=live,
+                        baselines={k: v for k, v in rows.items() if a.baselines and k not in (own_key, flt_key)})
+            with (r.out / "sweep.jsonl").open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            print(f"{a.name} {bits} bits seed {seed}: AQD {own['skip']:.4f} float {flt['skip']:.4f} (skip)",
+                  flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:
+        return sweep(argv[1:])
     a = parse_args(argv, __doc__.splitlines()[0], "runs/results_backbone")
     r = BackboneRunner((REPO / a.out).resolve())
     data = r.data()
