@@ -9,7 +9,7 @@ that fell short of its manifest count, the ``check_complete`` line; the caller w
 then. Memory: the shards in progress, one per worker, plus the DataLoader's two batches per worker.
 
 Why not a pool of its own: the job once had one (``eval/decoding.py``: spawned processes, a JSON +
-raw-bytes wire format); side by side on real images it spent 2-4% less CPU per image than the
+raw-bytes wire format); side by side on real images it spent 2-5% less CPU per image than the
 DataLoader path handing over uint8 pixels, under the 10% that would have justified a second stack
 (docs/eval.md, "Reading stack"), and two stacks meant two sets of accounting to keep equal.
 """
