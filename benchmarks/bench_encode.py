@@ -1,6 +1,6 @@
 """Encode job throughput vs the plain forward pass, and its peak memory at two corpus sizes.
 
-    .venv/bin/python -m benchmarks.bench_encode [--sizes 2000 8000] [--ray] [--images 512] [--decoders 1:10 0:0]
+    .venv/bin/python -m benchmarks.bench_encode [--sizes 2000 8000] [--ray] [--images 512] [--workers 1 0]
 
 Features-mode corpus (feat.npy per sample, 1000 samples per shard) and a WSDHQ checkpoint with an
 MLP encoder (in 256 -> hidden 512 -> f 64, M=4 x K=256 additive codes, ICM 3 sweeps).
@@ -8,8 +8,8 @@ MLP encoder (in 256 -> hidden 512 -> f 64, M=4 x K=256 additive codes, ICM 3 swe
 - job: ``eval.encode`` in ``--local`` mode (tar reading, npy decode, code files) and, with ``--ray``,
   through a 1-actor Ray pool; throughput is the job's own progress rate (model loading and Ray
   start-up excluded; in Ray mode the actor's model load is inside), end-to-end seconds alongside;
-- ``--decoders D:N ...``: the job settings compared, alternating within each repeat: D decoder
-  processes at nice N (``EncodeConfig.decoders`` / ``decode_nice``; D = 0 is the reading thread);
+- ``--workers W ...``: the job settings compared, alternating within each repeat: W DataLoader
+  worker processes reading beside the model (``EncodeConfig.workers``; 0: the model's own process);
 - best of ``--repeat`` runs each (alternating plain / job), the box being shared;
 - ``--images N``: also N synthetic 256-px JPEGs through the image path (decode, centre crop to
   ``--image-size``, ``--encoder`` resnet18 by default) against the same model on tensors already
@@ -221,19 +221,18 @@ import resource, sys, time
 from eval.encode import EncodeConfig, run
 lines = []
 t = time.perf_counter()
-cfg = EncodeConfig(batch_size=int(sys.argv[5]), image_size=int(sys.argv[6]), actors=1, decoders=int(sys.argv[7]),
-                   decode_nice=int(sys.argv[8]), decoder_min_samples=0)
+cfg = EncodeConfig(batch_size=int(sys.argv[5]), image_size=int(sys.argv[6]), actors=1, workers=int(sys.argv[7]))
 run(sys.argv[1], sys.argv[2], sys.argv[3], cfg, local=sys.argv[4] == "local", log=lines.append)
 rate = [s for s in lines if s.startswith("encoded ")][-1].split(", ")[-1].split()[0].replace(",", "")
 print(time.perf_counter() - t, rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def job(ckpt: Path, corpus: Path, out: Path, mode: str, batch: int = 256, size: int = 224, decoders: int = 1,
-        nice: int = 10) -> tuple[float, float, float]:
+def job(ckpt: Path, corpus: Path, out: Path, mode: str, batch: int = 256, size: int = 224, workers: int = 1
+        ) -> tuple[float, float, float]:
     """(end-to-end seconds incl. start-up, steady samples/s from the job's progress line, peak RSS MB)"""
     r = subprocess.run([sys.executable, "-c", JOB, str(ckpt), str(corpus), str(out), mode, str(batch), str(size),
-                        str(decoders), str(nice)],
+                        str(workers)],
                        cwd=REPO,
                        capture_output=True, text=True, check=True)
     seconds, rate, rss_kb = r.stdout.strip().splitlines()[-1].split()
@@ -249,10 +248,10 @@ def main(argv=None) -> None:
     p.add_argument("--encoder", default="resnet18", help="image-mode encoder kind")
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--profile", action="store_true", help="per-stage image-path costs (needs --images)")
-    p.add_argument("--decoders", nargs="+", default=["1:10"],
-                   help="job settings to compare, DECODERS:NICE each (0: the reading thread), alternating")
+    p.add_argument("--workers", type=int, nargs="+", default=[1],
+                   help="job settings to compare, DataLoader workers each (0: the model's process), alternating")
     a = p.parse_args(argv)
-    settings = [tuple(int(v) for v in d.split(":")) for d in a.decoders]
+    settings = a.workers
     with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
         tmp = Path(tmp)
         if a.images:
@@ -265,13 +264,11 @@ def main(argv=None) -> None:
             for r in range(a.repeat):
                 warm = max(warm, plain_images(tmp / "ckpt-img", jpgs, a.image_size))
                 base = max(base, plain_images_fresh(tmp / "ckpt-img", tmp / "images", a.image_size))
-                for dec, nice in settings:
-                    rates[dec, nice] = max(rates[dec, nice], job(tmp / "ckpt-img", tmp / "images",
-                                                                 tmp / f"img-codes{r}-{dec}-{nice}", "local", 64,
-                                                                 a.image_size, dec, nice)[1])
-            for (dec, nice), rate in rates.items():
-                print(json.dumps({"mode": f"images {a.encoder} {a.image_size}px", "n": a.images,
-                                  "decoders": dec, "nice": nice,
+                for w in settings:
+                    rates[w] = max(rates[w], job(tmp / "ckpt-img", tmp / "images", tmp / f"img-codes{r}-{w}",
+                                                 "local", 64, a.image_size, w)[1])
+            for w, rate in rates.items():
+                print(json.dumps({"mode": f"images {a.encoder} {a.image_size}px", "n": a.images, "workers": w,
                                   "plain_fresh_per_s": round(base, 1), "plain_warm_per_s": round(warm, 1),
                                   "job_local_per_s": round(rate, 1), "ratio_local": round(rate / base, 3),
                                   "ratio_vs_warm_plain": round(rate / warm, 3)}))
@@ -282,26 +279,24 @@ def main(argv=None) -> None:
         for n in a.sizes:
             x = make_corpus(tmp / f"corpus{n}", n)
             # best of a.repeat, alternating, because the box is shared and noisy
-            base, best = 0.0, {d: (0.0, 0.0, 0.0) for d in settings}  # (end-to-end s, rate, peak RSS)
+            base, best = 0.0, {w: (0.0, 0.0, 0.0) for w in settings}  # (end-to-end s, rate, peak RSS)
             for r in range(a.repeat):
                 base = max(base, plain(tmp / "ckpt", x))
-                for dec, nice in settings:
-                    s_, r_, m_ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"codes{n}-{r}-{dec}-{nice}", "local",
-                                     decoders=dec, nice=nice)
-                    secs, rate, rss = best[dec, nice]
-                    best[dec, nice] = (s_, r_, max(rss, m_)) if r_ > rate else (secs, rate, max(rss, m_))
-            for (dec, nice), (secs, rate, rss) in best.items():
-                row = {"n": n, "decoders": dec, "nice": nice, "plain_per_s": round(base),
+                for w in settings:
+                    s_, r_, m_ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"codes{n}-{r}-{w}", "local", workers=w)
+                    secs, rate, rss = best[w]
+                    best[w] = (s_, r_, max(rss, m_)) if r_ > rate else (secs, rate, max(rss, m_))
+            for w, (secs, rate, rss) in best.items():
+                row = {"n": n, "workers": w, "plain_per_s": round(base),
                        "job_local_per_s": round(rate), "ratio_local": round(rate / base, 3),
                        "job_local_end_to_end_s": round(secs, 2), "job_peak_rss_mb": round(rss, 1)}
                 if a.ray:
-                    rsecs, rrate, _ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"ray{n}-{dec}-{nice}", "ray",
-                                          decoders=dec, nice=nice)
+                    rsecs, rrate, _ = job(tmp / "ckpt", tmp / f"corpus{n}", tmp / f"ray{n}-{w}", "ray", workers=w)
                     row |= {"job_ray_per_s": round(rrate), "ratio_ray": round(rrate / base, 3),
                             "job_ray_end_to_end_s": round(rsecs, 2)}
                 rows.append(row)
                 print(json.dumps(row))
-        first = [r for r in rows if (r["decoders"], r["nice"]) == settings[0]]
+        first = [r for r in rows if r["workers"] == settings[0]]
         print(f"peak RSS growth {a.sizes[0]} -> {a.sizes[-1]} samples: "
               f"{first[-1]['job_peak_rss_mb'] - first[0]['job_peak_rss_mb']:+.1f} MB")
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from eval.faiss_export import additive_index, fastscan_index
-from eval.scoring import AQDSearcher, decode
+from eval.scoring import AQDSearcher, Codebooks
 
 
 def timed(fn, repeat: int = 2) -> tuple[float, object]:
@@ -49,7 +49,7 @@ def alternating(fns: list, repeat: int = 3) -> list[tuple[float, object]]:
 
 def reference_scores(q: np.ndarray, codes: np.ndarray, cb: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Exact AQD scores of the returned ids, by decoding them (float64 dot products)."""
-    rec = decode(codes[ids.ravel()], cb).astype(np.float64).reshape(*ids.shape, -1)
+    rec = Codebooks(cb).decoded(codes[ids.ravel()]).astype(np.float64).reshape(*ids.shape, -1)
     return np.einsum("qd,qkd->qk", q.astype(np.float64), rec)
 
 

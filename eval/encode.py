@@ -13,10 +13,10 @@ actor pool gives the same benefit as ``ActorPoolStrategy`` (model loaded once pe
 inside). Pool size defaults to CPUs - 1 (ecosystem.md §2.1: 2 actors on 2 CPUs deadlock), and
 ``--local`` runs the same per-shard code in-process without Ray (tests, laptops).
 
-Shards are read and decoded by ``decoders`` processes beside the model (eval/decoding.py says why).
-Memory is bounded by one shard's output per decoder (codes + optional features, ~1.2 MB for 1000
-samples at D=300) plus about two batches per decoder, never by the corpus. ``codes_manifest.json``
-is written last.
+Shards are read and decoded by ``workers`` DataLoader processes beside the model, through the
+reader training uses (``eval.per_shard``). Memory is bounded by one shard's output per worker
+(codes + optional features, ~1.2 MB for 1000 samples at D=300) plus two batches per worker, never
+by the corpus. ``codes_manifest.json`` is written last.
 """
 from __future__ import annotations
 
@@ -24,13 +24,12 @@ import argparse
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import logging
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -38,9 +37,9 @@ import numpy as np
 import torch
 
 from eval.codes import MANIFEST, CodeSetError, code_file_name, pack_code_file, read_code_file, write_manifest
-from eval.decoding import SHORT, Batch, Decoders, ReadError, ReadSpec, prefetch, read_batches
+from eval.per_shard import ShardOutput, shard_outputs
 from shards import storage
-from shards.config import above, at_least, within
+from shards.config import above, at_least
 from shards.manifest import Manifest, check_shards, sha256_of
 from shards import config as tconfig
 
@@ -59,13 +58,9 @@ class EncodeConfig:
     gpus_per_actor: float = -1.0
     progress_every_s: float = 10.0
     max_shards: int = 0  # encode at most this many new shards in this run, then stop (0: all)
-    # Processes that read and decode shards beside the model (eval/decoding.py); 0: a thread in the
-    # model's process. Each Ray actor call hands an actor this many shards, one per decoder.
-    decoders: int = 1
-    decode_nice: int = 10  # the decoders' scheduling priority below the model's (0: the same)
-    # A job with fewer samples left than this reads in a thread: a decoder's start-up (a fresh
-    # interpreter importing torch, ~2-4 s) costs more than it saves on a job of seconds.
-    decoder_min_samples: int = 20_000
+    # DataLoader processes that read and decode shards beside the model (shards.reader); 0: the
+    # model's own process, no overlap. Each Ray actor call hands an actor this many shards, one a worker.
+    workers: int = 1
     # A shard that holds fewer samples than its manifest count (truncated, unreadable, ended early)
     # gets no code file and the code set is not published, unless partial output is asked for.
     partial: bool = False
@@ -73,10 +68,9 @@ class EncodeConfig:
 
     def __post_init__(self):
         at_least(self, "batch_size", 1)
-        for key in ("image_size", "actors", "max_shards", "decoders", "decoder_min_samples", "progress_every_s"):
+        for key in ("image_size", "actors", "max_shards", "workers", "progress_every_s"):
             at_least(self, key, 0)
         above(self, "cpus_per_actor", 0)
-        within(self, "decode_nice", 0, 19)  # os.nice increments: 0 (the model's priority) to 19
 
 
 class EncodeError(ValueError):
@@ -115,35 +109,17 @@ def checkpoint_identity(checkpoint: str) -> dict:
     return {"meta": meta, "sha256": hashes}
 
 
-@dataclass
-class ShardRows:
-    """One shard's encoded rows, kept until its last sample has been through the model."""
-
-    keys: list[str] = field(default_factory=list)
-    index: list[int] = field(default_factory=list)
-    labels: list[list[str]] = field(default_factory=list)
-    codes: list[np.ndarray] = field(default_factory=list)
-    feats: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, b: Batch, codes: np.ndarray, feats: np.ndarray | None, lo: int, hi: int) -> None:
-        self.keys += b.keys[lo:hi]
-        self.index += b.index[lo:hi]
-        self.labels += b.labels[lo:hi]
-        self.codes.append(codes[lo:hi])
-        if feats is not None:
-            self.feats.append(feats[lo:hi])
-
-
 class ShardEncoder:
-    """Loads the checkpoint and starts its decoders once; ``encode_shards`` turns each input shard
-    into one code file."""
+    """Loads the checkpoint once; ``encode_shards`` turns each input shard of ``source`` into one
+    code file."""
 
-    def __init__(self, checkpoint: str, cfg: EncodeConfig):
+    def __init__(self, checkpoint: str, cfg: EncodeConfig, source: Manifest):
+        from shards.reader import ReaderConfig
         from trainer.inference import load_inference
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_inference(checkpoint, self.device)
-        self.cfg = cfg
+        self.cfg, self.source = cfg, source
         enc = self.model.encoder_config
         self.features_only = enc.get("kind") == "mlp"
         self.in_features = enc.get("in_features") if self.features_only else None
@@ -152,81 +128,50 @@ class ShardEncoder:
         self.image_size = cfg.image_size or self.model.image_size
         if not self.features_only and not self.image_size:
             raise EncodeError(f"checkpoint {checkpoint} records no image_size: pass image_size=<pixels>")
-        self.spec = ReadSpec(cfg.batch_size, self.features_only, self.in_features,
-                             None if self.features_only else self.image_size)
-        self.decoders: Decoders | None = None
-        self._start_decoders()  # with the model load, so their start-up is not in the encoding rate
+        self.reader = ReaderConfig(batch_size=cfg.batch_size, image_size=self.image_size or 1, augment=False,
+                                   num_workers=cfg.workers, features_only=self.features_only)
+        q = self.model.quantizer
+        self.empty = {"codes": np.zeros((0, q.M), np.uint8)} | (
+            {"feat": np.zeros((0, q.D), np.float32)} if cfg.features else {})
 
-    def _start_decoders(self) -> None:
-        if self.cfg.decoders and (self.decoders is None or not self.decoders.alive):
-            self.close()  # one died since the last call (or never started): start them all afresh
-            self.decoders = Decoders(self.spec, self.cfg.decoders, self.cfg.decode_nice)
-
-    def _batches(self, todo: list[tuple]) -> Iterator[Batch]:
-        tasks = [(i, t[0], t[1]) + tuple(t[3:4]) for i, t in enumerate(todo)]
-        if not self.cfg.decoders:
-            return prefetch(read_batches(tasks, self.spec), depth=2)
-        self._start_decoders()
-        return self.decoders.batches(tasks)
-
-    def close(self) -> None:
-        if self.decoders is not None:
-            self.decoders.close()
-            self.decoders = None
-
-    def _model_input(self, x: np.ndarray) -> torch.Tensor:
+    def _model_input(self, batch: dict) -> torch.Tensor:
         """Pixels are normalised here, once per batch and on the model's device (4x less to copy)."""
         from shards.transforms import normalise_batch
 
-        x = torch.from_numpy(x).to(self.device)
-        return x if self.features_only else normalise_batch(x)
+        if not self.features_only:
+            return normalise_batch(batch["image"].to(self.device))
+        x = batch["feat"].float()
+        if self.in_features and x.shape[1:] != (self.in_features,):
+            raise EncodeError(f"{batch['url'][0]}:{batch['key'][0]}: feat.npy holds {x[0].numel()} values, the "
+                              f"checkpoint's encoder takes {self.in_features}")
+        return x.to(self.device)
 
     @torch.no_grad()
-    def encode_shards(self, todo: list[tuple[str, int, str]]) -> Iterator[dict]:
-        """Encode each ``(shard url, manifest offset, code file url)``; yields each shard's manifest
-        entry as soon as its code file is written. The decoders (or one reading thread) run ahead
-        of the model across all of ``todo``."""
-        rows: dict[int, ShardRows] = {}
-        for b in _as_encode_errors(self._batches(todo)):
-            if b.keys:
-                f = self.model.embed(self._model_input(b.x))
-                c = torch.as_tensor(self.model.encode_embeddings(f)).to("cpu", torch.uint8).numpy()
-                f = f.float().cpu().numpy() if self.cfg.features else None
-                lo = 0
-                for i, group in itertools.groupby(b.shard):
-                    hi = lo + len(list(group))
-                    rows.setdefault(i, ShardRows()).add(b, c, f, lo, hi)
-                    lo = hi
-            for i in b.ended:
-                yield self._write(todo[i], rows.pop(i, ShardRows()), b.skipped.get(i, {}))
+    def _codes(self, batch: dict) -> dict[str, np.ndarray]:
+        f = self.model.embed(self._model_input(batch))
+        out = {"codes": torch.as_tensor(self.model.encode_embeddings(f)).to("cpu", torch.uint8).numpy()}
+        return out | ({"feat": f.float().cpu().numpy()} if self.cfg.features else {})
 
-    def _write(self, task: tuple, r: ShardRows, skips: dict) -> dict:
-        url, out_url = task[0], task[2]
-        skips = dict(skips)
-        short = skips.pop(SHORT, None)
-        if short and not self.cfg.partial:  # no code file: a re-run (or --partial) redoes this shard
-            return {"url": None, "shard": url, "rows": 0, "sha256": None, "skipped": skips, "short": short}
-        m, d = self.model.quantizer.M, self.model.quantizer.D
-        data = pack_code_file(r.keys, np.asarray(r.index, np.int64),
-                              np.concatenate(r.codes) if r.codes else np.zeros((0, m), np.uint8), r.labels,
-                              (np.concatenate(r.feats) if r.feats else np.zeros((0, d), np.float32))
-                              if self.cfg.features else None)
+    def encode_shards(self, todo: list[tuple[int, str]]) -> Iterator[dict]:
+        """Encode each ``(position in source, code file url)``; yields each shard's manifest entry as
+        soon as its code file is written. The workers read ahead of the model across all of ``todo``."""
+        out = dict(todo)
+        for r in shard_outputs(self.source, [p for p, _ in todo], self.reader, self._codes, self.empty, EncodeError):
+            yield self._write(r, out[r.shard])
+
+    def _write(self, r: ShardOutput, out_url: str) -> dict:
+        if r.short and not self.cfg.partial:  # no code file: a re-run (or --partial) redoes this shard
+            return {"url": None, "shard": r.url, "rows": 0, "sha256": None, "skipped": r.skipped, "short": r.short}
+        data = pack_code_file(r.keys, np.asarray(r.index, np.int64), r.arrays["codes"], r.labels,
+                              r.arrays["feat"] if self.cfg.features else None)
         storage.write_bytes(out_url, data)
-        entry = {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": url, "rows": len(r.keys),
-                 "sha256": hashlib.sha256(data).hexdigest(), "skipped": skips}
-        return entry | ({"short": short} if short else {})
+        entry = {"url": out_url.rstrip("/").rsplit("/", 1)[-1], "shard": r.url, "rows": len(r.keys),
+                 "sha256": hashlib.sha256(data).hexdigest(), "skipped": r.skipped}
+        return entry | ({"short": r.short} if r.short else {})
 
-    def encode_group(self, todo: list[tuple[str, int, str]]) -> list[dict]:
-        """A few shards, one per decoder (the Ray actor call)."""
+    def encode_group(self, todo: list[tuple[int, str]]) -> list[dict]:
+        """A few shards, one per worker (the Ray actor call)."""
         return list(self.encode_shards(todo))
-
-
-def _as_encode_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
-    """Input the decoders refuse becomes the job's one clear error."""
-    try:
-        yield from batches
-    except ReadError as exn:
-        raise EncodeError(str(exn)) from None
 
 
 def existing_entry(out_url: str, shard: str, m: int, with_features: bool) -> dict | None:
@@ -270,12 +215,13 @@ class Progress:
             self.last = now
 
 
-def _run_ray(checkpoint: str, todo: list[tuple[str, int, str]], cfg: EncodeConfig, progress: Progress) -> list[dict]:
+def _run_ray(checkpoint: str, source: Manifest, todo: list[tuple[int, str]], cfg: EncodeConfig,
+             progress: Progress) -> list[dict]:
     from eval.actor_pool import run_pool
 
-    per_call = max(1, cfg.decoders)  # each actor call: one shard per decoder
+    per_call = max(1, cfg.workers)  # each actor call: one shard per worker
     groups = [todo[i:i + per_call] for i in range(0, len(todo), per_call)]
-    return run_pool(ShardEncoder, (checkpoint, cfg), "encode_group", groups, cfg.actors, cfg.cpus_per_actor,
+    return run_pool(ShardEncoder, (checkpoint, cfg, source), "encode_group", groups, cfg.actors, cfg.cpus_per_actor,
                     cfg.gpus_per_actor, progress)
 
 
@@ -324,33 +270,25 @@ def run(checkpoint: str, shards: str, out: str, cfg: EncodeConfig, local: bool =
     urls = source.shard_urls()
     entries: dict[str, dict] = {}
     todo = []
-    for url, offset, entry in zip(urls, source.offsets(), source.shards):
+    for i, url in enumerate(urls):
         target = storage.join(out, code_file_name(url))
         done = existing_entry(target, url, q.M, cfg.features)
         if done is not None:
             entries[url] = done
         else:
-            todo.append((url, offset, target, entry.count))
+            todo.append((i, target))
     log(f"{len(urls)} shards in {source.url}: {len(entries)} already encoded, {len(todo)} to do")
     if cfg.max_shards:
         todo = todo[: cfg.max_shards]
-    count_of = dict(zip(urls, (e.count for e in source.shards)))
-    left = sum(count_of[t[0]] for t in todo)
-    if cfg.decoders and 0 < left < cfg.decoder_min_samples:
-        cfg = dataclasses.replace(cfg, decoders=0)
-        log(f"{left:,} samples to encode (< decoder_min_samples={cfg.decoder_min_samples:,}): reading in a thread")
-    enc = ShardEncoder(checkpoint, cfg) if todo and local else None
+    enc = ShardEncoder(checkpoint, cfg, source) if todo and local else None
     progress = Progress(len(todo), cfg.progress_every_s, log)  # rates exclude model loading
     if todo:
         if enc is not None:
-            try:
-                for entry in enc.encode_shards(todo):
-                    record(entry)
-                    progress.step(entry["rows"])
-            finally:
-                enc.close()
+            for entry in enc.encode_shards(todo):
+                record(entry)
+                progress.step(entry["rows"])
         else:
-            for entry in _run_ray(checkpoint, todo, cfg, progress):
+            for entry in _run_ray(checkpoint, source, todo, cfg, progress):
                 record(entry)
     short = [e["short"] for e in entries.values() if e.get("short")]
     if short and not cfg.partial:

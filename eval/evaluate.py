@@ -24,7 +24,7 @@ from eval import plots, report
 from eval.baselines import BaselineConfig, BaselineError, train_baseline
 from eval.codes import CodeSet, CodeSetError, check_compatible, load_code_set
 from eval.metrics import CONVENTIONS, TIE_BREAKING, RankingAccumulator
-from eval.scoring import AQDSearcher, decode, query_chunks, search_features
+from eval.scoring import AQDSearcher, query_chunks, search_features
 from shards import storage
 from shards.config import at_least, one_of, require
 from shards import config as tconfig
@@ -189,7 +189,7 @@ def evaluate(query: CodeSet, db: CodeSet, cfg: EvaluateConfig, train: CodeSet | 
                 grid_ids = top
         if "sqd" in cfg.scorings:
             add(model, "sqd", bits,
-                lambda sl, s=searcher, m=m: s.search(decode(query.codes[sl, :m], cb), k))
+                lambda sl, s=searcher, m=m: s.search(s.quantizer.decoded(query.codes[sl, :m]), k))
     if "feature" in cfg.scorings and qf is not None:
         if db.feat is None:
             notes.append("database codes carry no features: feature scoring skipped")

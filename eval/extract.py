@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import itertools
 import json
 import logging
 import sys
@@ -33,8 +34,8 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
-from eval.decoding import Batch, ReadSpec, prefetch, read_batches
-from eval.encode import Progress, _as_encode_errors
+from eval.encode import Progress
+from eval.per_shard import ShardOutput, shard_outputs
 from shards import storage
 from shards.manifest import Manifest, ShardEntry
 from shards import config as tconfig
@@ -52,6 +53,7 @@ class ExtractConfig:
     batch_size: int = 64
     format: Literal["shards", "embeddings"] = "shards"
     dtype: Literal["float32", "float16"] = "float32"  # embeddings format; shards store float32
+    workers: int = 1  # DataLoader processes decoding beside the backbone (0: its own process)
     actors: int = 0  # 0: CPUs - 1 (at least 1)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = -1.0
@@ -62,6 +64,8 @@ class ExtractConfig:
             raise tconfig.ConfigError(f"batch_size={self.batch_size}: must be >= 1")
         if self.image_size < 0:
             raise tconfig.ConfigError(f"image_size={self.image_size}: 0 (the backbone's own) or pixels")
+        if self.workers < 0:
+            raise tconfig.ConfigError(f"workers={self.workers}: must be >= 0")
 
 
 class ExtractError(ValueError):
@@ -88,65 +92,50 @@ def backbone_identity(cfg: ExtractConfig) -> dict:
 class ShardExtractor:
     """Loads the backbone once; ``extract`` turns each input shard into one output part."""
 
-    def __init__(self, cfg: ExtractConfig):
+    def __init__(self, cfg: ExtractConfig, sources: list[Manifest]):
+        from shards.reader import ReaderConfig
+
         torch.manual_seed(0)  # heads of external backbones are dropped; nothing random is kept
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.backbone = build_backbone(cfg.encoder).to(self.device).eval()
-        self.cfg = cfg
+        self.cfg, self.sources = cfg, sources
         self.image_size = cfg.image_size or getattr(self.backbone, "image_size", 224)
-        self.spec = ReadSpec(cfg.batch_size, False, None, self.image_size)
+        self.reader = ReaderConfig(batch_size=cfg.batch_size, image_size=self.image_size, augment=False,
+                                   num_workers=cfg.workers)
         self.dim = int(self.backbone.out_dim)
 
     @torch.no_grad()
-    def features(self, pixels: np.ndarray) -> np.ndarray:
+    def features(self, pixels: torch.Tensor) -> np.ndarray:
         from shards.transforms import normalise_batch
 
-        x = normalise_batch(torch.from_numpy(pixels).to(self.device))
-        return self.backbone(x).float().cpu().numpy()
+        return self.backbone(normalise_batch(pixels.to(self.device))).float().cpu().numpy()
 
-    def extract(self, todo: list[tuple[str, int, str]]) -> Iterator[dict]:
-        """For each ``(shard url, manifest offset, output url)``: its entry once its part is written."""
-        rows: dict[int, dict] = {}
-        tasks = [(i, url, offset) for i, (url, offset, _) in enumerate(todo)]
-        for b in _as_extract_errors(prefetch(read_batches(tasks, self.spec), depth=2)):
-            if b.keys:
-                f = self.features(b.x)
-                for j, i in enumerate(b.shard):
-                    r = rows.setdefault(i, {"keys": [], "tags": [], "labels": [], "feat": []})
-                    r["keys"].append(b.keys[j])
-                    r["tags"].append(b.tags[j])
-                    r["labels"].append(b.labels[j])
-                    r["feat"].append(f[j])
-            for i in b.ended:
-                yield self._write(todo[i], rows.pop(i, None), b.skipped.get(i, {}))
+    def extract(self, todo: list[tuple[int, int, str]]) -> Iterator[dict]:
+        """For each ``(source set, position in it, output url)``: its entry once its part is written."""
+        empty = {"feat": np.zeros((0, self.dim), np.float32)}
+        for k, group in itertools.groupby(todo, key=lambda t: t[0]):
+            out = {pos: url for _, pos, url in group}
+            for r in shard_outputs(self.sources[k], list(out), self.reader, lambda b: {"feat": self.features(b["image"])},
+                                   empty, ExtractError):
+                yield self._write(r, out[r.shard])
 
-    def extract_group(self, todo: list[tuple[str, int, str]]) -> list[dict]:
+    def extract_group(self, todo: list[tuple[int, int, str]]) -> list[dict]:
         return list(self.extract(todo))
 
-    def _write(self, task: tuple[str, int, str], r: dict | None, skipped: dict) -> dict:
-        url, _, out_url = task
-        r = r or {"keys": [], "tags": [], "labels": [], "feat": []}
-        feat = np.stack(r["feat"]).astype(np.float32) if r["feat"] else np.zeros((0, self.dim), np.float32)
+    def _write(self, r: ShardOutput, out_url: str) -> dict:
+        feat = r.arrays["feat"]
         if self.cfg.format == "embeddings":
             from shards.embeddings import EmbeddingSetWriter
 
             w = EmbeddingSetWriter(storage.parent(out_url), dim=self.dim, dtype=self.cfg.dtype)
-            w.write_part(out_url.rstrip("/").rsplit("/", 1)[-1], r["keys"], feat.astype(self.cfg.dtype),
-                         r["tags"], r["labels"])
+            w.write_part(out_url.rstrip("/").rsplit("/", 1)[-1], r.keys, feat.astype(self.cfg.dtype), r.tags, r.labels)
             nbytes, digest = int(feat.astype(self.cfg.dtype).nbytes), None
         else:
-            data = feature_shard(r["keys"], r["tags"], r["labels"], feat)
+            data = feature_shard(r.keys, r.tags, r.labels, feat)
             storage.write_bytes(out_url, data)
             nbytes, digest = len(data), hashlib.sha256(data).hexdigest()
-        return {"shard": url, "out": out_url, "rows": len(r["keys"]), "bytes": nbytes,
-                "sha256": digest, "skipped": dict(skipped)}
-
-
-def _as_extract_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
-    try:
-        yield from _as_encode_errors(batches)
-    except ValueError as exn:
-        raise ExtractError(str(exn)) from None
+        return {"shard": r.url, "out": out_url, "rows": len(r.keys), "bytes": nbytes,
+                "sha256": digest, "skipped": dict(r.skipped)}
 
 
 def feature_shard(keys: list[str], tags: list[list[str]], labels: list[list[str]], feat: np.ndarray) -> bytes:
@@ -200,10 +189,13 @@ def shard_sets(shards: str, out: str) -> list[tuple[Manifest, str]]:
     return [(Manifest.load(s), o) for s, o in pairs(shards, out)]
 
 
-def _run_ray(todo: list[tuple[str, int, str]], cfg: ExtractConfig, progress: Progress) -> list[dict]:
+def _run_ray(todo: list[tuple[int, int, str]], cfg: ExtractConfig, sources: list[Manifest],
+             progress: Progress) -> list[dict]:
     from eval.actor_pool import run_pool
 
-    return run_pool(ShardExtractor, (cfg,), "extract_group", [[t] for t in todo], cfg.actors, cfg.cpus_per_actor,
+    per_call = max(1, cfg.workers)  # each actor call: one shard per worker
+    groups = [todo[i:i + per_call] for i in range(0, len(todo), per_call)]
+    return run_pool(ShardExtractor, (cfg, sources), "extract_group", groups, cfg.actors, cfg.cpus_per_actor,
                     cfg.gpus_per_actor, progress)
 
 
@@ -225,26 +217,27 @@ def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=prin
     sets = shard_sets(shards, out)
     ext = ".tar" if cfg.format == "shards" else ""
     plan, done = [], {}
-    for m, set_out in sets:
-        for url, offset, entry in zip(m.shard_urls(), m.offsets(), m.shards):
+    for k, (m, set_out) in enumerate(sets):
+        for pos, url in enumerate(m.shard_urls()):
             name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar") + ext
             target = storage.join(set_out, name)
             part = written_part(target, cfg.format)
             if part is None:
-                plan.append((url, offset, target))
+                plan.append((k, pos, target))
             else:
                 done[url] = {"shard": url, "out": target, "skipped": None, **part}
     log(f"{sum(len(m.shards) for m, _ in sets)} shards in {len(sets)} set(s): {len(done)} already extracted, "
         f"{len(plan)} to do ({cfg.encoder.kind}, {cfg.format})")
     progress = Progress(len(plan), cfg.progress_every_s, log, verb="extracted")
     if plan:
+        sources = [m for m, _ in sets]
         if local:
-            ex = ShardExtractor(cfg)
+            ex = ShardExtractor(cfg, sources)
             for e in ex.extract(plan):
                 done[e["shard"]] = e
                 progress.step(e["rows"])
         else:
-            for e in _run_ray(plan, cfg, progress):
+            for e in _run_ray(plan, cfg, sources, progress):
                 done[e["shard"]] = e
     outs = []
     for m, set_out in sets:

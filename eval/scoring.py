@@ -17,30 +17,30 @@ import numpy as np
 import torch
 
 from eval.metrics import merge_top_k, top_k
+from trainer.quantizers.base import Quantizer
 
 # Tied rows are re-ranked this many at a time: the exact routine's temporaries (partition indices,
 # masks, running counts) cost ~30 bytes per score, 2 GB for a 256-query x 262,144-item block at once.
 TIE_ROWS = 16
 
 
-def lookup_tables(queries: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
-    """(Q, M, K) inner products f_q · c_mk of queries (Q, D) with codebooks (M, K, D)."""
-    q = np.asarray(queries, dtype=np.float32)
-    c = np.asarray(codebooks, dtype=np.float32)
-    if q.shape[1] != c.shape[2]:
-        raise ValueError(f"queries have dimension {q.shape[1]} but the codebooks have {c.shape[2]}")
-    m, k, d = c.shape
-    return (q @ c.reshape(m * k, d).T).reshape(len(q), m, k)  # one BLAS call
+class Codebooks(Quantizer):
+    """Codebooks (M, K, D) as the eval side holds them (a code set's, a baseline's), with the
+    quantizers' own ``decode`` and ``lut``: x̂ = Σ_m c_{m,b_m} for every kind, so the scores here
+    are the ones the trained quantizer gives. No ``encode``: codes come from the code set."""
 
+    kind = "codebooks"
 
-def decode(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
-    """Sum of codewords (N, D); a code matrix with m < M columns decodes the first m levels."""
-    codes = np.asarray(codes)
-    m = codes.shape[1]
-    out = np.zeros((codes.shape[0], codebooks.shape[2]), dtype=np.float32)
-    for j in range(m):
-        out += codebooks[j][codes[:, j].astype(np.intp)]
-    return out
+    def __init__(self, codebooks: np.ndarray):
+        self.codebooks = torch.from_numpy(np.ascontiguousarray(codebooks, dtype=np.float32))
+
+    def decoded(self, codes: np.ndarray) -> np.ndarray:
+        """``decode`` as float32 numpy (N, D); m < M code columns decode the first m levels."""
+        return self.decode(np.asarray(codes)).numpy()
+
+    def tables(self, queries: np.ndarray) -> np.ndarray:
+        """``lut`` as float32 numpy (Q, M, K): inner products f_q · c_mk."""
+        return self.lut(np.asarray(queries, dtype=np.float32)).numpy()
 
 
 def _code_offsets(codes: np.ndarray, k: int) -> torch.Tensor:
@@ -58,20 +58,32 @@ def aqd_scores(lut: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return torch.nn.functional.embedding_bag(_code_offsets(codes, k), table, mode="sum").T.numpy()
 
 
+def ranked_with_ties(vals: np.ndarray, idx: np.ndarray, k: int, exact: Callable[[np.ndarray], tuple]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k, sorted by (-score, index), from a fast scan's best k+1 per row (``vals``, ``idx``,
+    best first). A fast scan (torch.topk, faiss) picks arbitrarily among items tied at the k-th
+    score; the (k+1)-th candidate shows such a tie without another pass, and only those rows are
+    answered by ``exact(rows) -> (scores, indices)``, the index-tie-breaking routine."""
+    tied = np.flatnonzero(vals[:, k - 1] == vals[:, k]) if vals.shape[1] > k else np.zeros(0, np.int64)
+    s, i = _sorted(vals[:, :k], idx[:, :k])
+    if len(tied):
+        s[tied], i[tied] = exact(tied)
+    return s, i
+
+
 def _chunk_top_k(scores: torch.Tensor, k: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of a (Q, n) score block with index tie-breaking: torch.topk for the common case, the exact
-    numpy routine for rows where an item outside the top-k ties with the k-th score (torch.topk's
-    choice there is arbitrary). Asking for k+1 detects that without another pass over the block."""
+    """Top-k of a (Q, n) score block with index tie-breaking: torch.topk, and the exact numpy
+    routine (``top_k``, ``TIE_ROWS`` rows at a time) for the rows with a tie at the k-th score."""
     k = min(k, scores.shape[1])
     vals, idx = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
-    tied = (vals[:, k - 1] == vals[:, k]).numpy() if vals.shape[1] > k else np.zeros(len(vals), bool)
-    s, i = _sorted(vals[:, :k].numpy(), idx[:, :k].numpy())
-    i += offset
-    block, tied_rows = scores.numpy(), np.flatnonzero(tied)
-    for start in range(0, len(tied_rows), TIE_ROWS):
-        rows = tied_rows[start:start + TIE_ROWS]
-        s[rows], i[rows] = top_k(block[rows], k, offset)
-    return s, i
+    block = scores.numpy()
+
+    def exact(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [top_k(block[rows[a:a + TIE_ROWS]], k, 0) for a in range(0, len(rows), TIE_ROWS)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    s, i = ranked_with_ties(vals.numpy(), idx.numpy(), k, exact)
+    return s, i + offset
 
 
 def scan(score_chunk: Callable[[int, int], torch.Tensor], n: int, k: int, db_chunk: int
@@ -117,6 +129,7 @@ class AQDSearcher:
     def __init__(self, codebooks: np.ndarray, codes: np.ndarray, backend: str = "auto", db_chunk: int = 1 << 18,
                  index=None, fastscan: bool | None = None, rerank: int = 2):
         self.codebooks = np.ascontiguousarray(codebooks[: codes.shape[1]], dtype=np.float32)
+        self.quantizer = Codebooks(self.codebooks)
         self.codes, self.db_chunk, self.rerank = codes, db_chunk, rerank
         if backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"unknown search backend {backend!r}; use auto, faiss or torch")
@@ -153,15 +166,14 @@ class AQDSearcher:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(self.codes)
         k = min(k, n)
-        lut = lookup_tables(queries, self.codebooks)
+        lut = self.quantizer.tables(queries)
         if self.index is None:
             _, i = search_aqd(lut, self.codes, k, self.db_chunk)
         elif self.fastscan:
             i = self._fastscan_search(queries, lut, k)
         else:
             d, i = self._faiss_search(queries, min(k + 1, n))
-            tied = d[:, k - 1] == d[:, k] if d.shape[1] > k else np.zeros(len(d), bool)
-            i = self._exact_rows(lut, k, i[:, :k], np.flatnonzero(tied))
+            _, i = ranked_with_ties(d, i, k, lambda rows: search_aqd(lut[rows], self.codes, k, self.db_chunk))
         return _sorted(gather_scores(lut, self.codes, i), i)
 
     def _exact_rows(self, lut, k, i, rows):

@@ -102,10 +102,10 @@ class IndexSearcher:
 
     def key_query(self, key: str) -> np.ndarray:
         """(1, D) the item's own code decoded (sum of its codewords)."""
-        from eval.scoring import decode
+        from eval.scoring import Codebooks
 
         _, table, j = self.find_key(key)
-        return decode(table["codes"][j:j + 1], self.codebooks)
+        return Codebooks(self.codebooks).decoded(table["codes"][j:j + 1])
 
 
 def check_checkpoint(manifest: dict, checkpoint: str) -> dict:

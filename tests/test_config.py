@@ -186,9 +186,8 @@ def test_a_preset_brings_its_defaults_and_composes_with_either_quantizer():
 
 @pytest.mark.parametrize("component, overrides, message", [
     ("encode", ["batch_size=0"], "batch_size: must be >= 1, got 0"),
-    ("encode", ["decoders=-1"], "decoders: must be >= 0, got -1"),
+    ("encode", ["workers=-1"], "workers: must be >= 0, got -1"),
     ("encode", ["cpus_per_actor=0"], "cpus_per_actor: must be > 0, got 0.0"),
-    ("encode", ["decode_nice=20"], "decode_nice: must be in [0, 19], got 20"),
     ("evaluate", ["top_k=0"], "top_k: expected a positive integer or 'all', got 0"),
     ("evaluate", ["top_k=most"], "top_k: expected a positive integer or 'all', got 'most'"),
     ("evaluate", ["scorings=[aqd, xyz]"], "scorings: unknown 'xyz'; known: aqd, sqd, feature"),

@@ -41,14 +41,13 @@ def encode(checkpoint: str, corpus: str, out: str, mode: str, batch_size: int = 
     """One encode job (run in a fresh process); mode "local" or "ray" (a 1-actor pool)."""
     from eval.encode import EncodeConfig, run
 
-    lines: list[tuple[str, float, float]] = []  # progress lines (one per shard), this process's and its decoders' RSS
+    lines: list[tuple[str, float, float]] = []  # progress lines (one per shard), this process's and its workers' RSS
     stop, peak = threading.Event(), [0.0]
     sampler = threading.Thread(target=_actor_peak_mb, args=(stop, peak), daemon=True)
     if mode == "ray":
         sampler.start()
     t = time.perf_counter()
-    m = run(checkpoint, corpus, out, EncodeConfig(batch_size=batch_size, actors=1, progress_every_s=0,
-                                                 decoder_min_samples=0),
+    m = run(checkpoint, corpus, out, EncodeConfig(batch_size=batch_size, actors=1, progress_every_s=0),
             local=mode == "local", log=lambda s: lines.append((s, rss_mb(), children_rss_mb())))
     seconds = time.perf_counter() - t
     stop.set()
@@ -60,9 +59,9 @@ def encode(checkpoint: str, corpus: str, out: str, mode: str, batch_size: int = 
            # resident size after the 2nd shard (allocator warmed up) and after the last: a job that
            # keeps anything per sample grows between the two, whatever start-up transient set the peak
            "rss_shard2_mb": round(shards[min(1, len(shards) - 1)][1], 1), "rss_end_mb": round(shards[-1][1], 1),
-           # the same for the decoder processes, where the reading and decoding happen (--local)
-           "decoders_rss_shard2_mb": round(shards[min(1, len(shards) - 1)][2], 1),
-           "decoders_rss_end_mb": round(shards[-1][2], 1)}
+           # the same for the DataLoader workers, where the reading and decoding happen (--local)
+           "workers_rss_shard2_mb": round(shards[min(1, len(shards) - 1)][2], 1),
+           "workers_rss_end_mb": round(shards[-1][2], 1)}
     if mode == "ray":
         row["actor_peak_rss_mb"] = round(peak[0], 1)
     return row

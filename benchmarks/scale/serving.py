@@ -44,7 +44,7 @@ def rss_mb() -> float:
 
 
 def children_rss_mb() -> float:
-    """Resident memory of this process's child processes now (MB): the encode job's decoders."""
+    """Resident memory of this process's child processes now (MB): the encode job's reading workers."""
     import psutil
 
     return sum(c.memory_info().rss for c in psutil.Process().children(recursive=True)) / 2**20

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -86,14 +85,12 @@ def test_progressive_codes_are_the_models_own_and_every_longer_prefix_reconstruc
 
 def test_running_the_main_job_again_redoes_nothing(demo_run, capsys):
     files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in demo_run.rglob("*") if p.is_file()}
-    t = time.perf_counter()
     assert demo_main([f"out={demo_run}", "bits=[16]", "epochs=4", "workers=2", "baselines=[pq,random]"]) == 0
     log = capsys.readouterr().out
     assert "starting a local Ray head" not in log and "submitted Ray job" not in log
     for stage in ("data", "tags", "train wsdhq-16", "train wsdhq_progressive", "encode wsdhq-16",
                   "evaluate wsdhq_progressive"):
         assert f"{stage}: already done" in log, stage
-    assert time.perf_counter() - t < 60
     after = {p for p in demo_run.rglob("*") if p.is_file()}
     assert after == set(files)  # no file added or removed
     summaries = {demo_run / "results.json", demo_run / "results.md"}

@@ -19,10 +19,10 @@ def brute_scores(queries, codes, codebooks):
     ``queries @ decode(codes).T`` does not promise that: BLAS kernels may treat the last rows of a
     block differently, and on some CPUs two identical decoded rows then score one ulp apart, which
     breaks the ties the rankings under test are about."""
-    from eval.scoring import decode
+    from eval.scoring import Codebooks
 
     distinct, which = np.unique(codes, axis=0, return_inverse=True)
-    return (queries @ decode(distinct, codebooks).T)[:, which.reshape(-1)]
+    return (queries @ Codebooks(codebooks).decoded(distinct).T)[:, which.reshape(-1)]
 
 
 def write_code_set(url, codebooks, keys, codes, labels, feat=None, kind="additive", model="ckpt-a",

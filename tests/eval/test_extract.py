@@ -50,13 +50,13 @@ def test_features_shards_keep_every_key_tag_and_label_and_hold_the_backbones_fea
     assert [e.count for e in m_out.shards] == [e.count for e in m_in.shards]
     assert (m_out.split, m_out.label_names) == ("query", m_in.label_names)
     # the stored vector is the backbone's output on the eval transform of that image
-    ex = ShardExtractor(cfg)
+    ex = ShardExtractor(cfg, [])
     from shards.images import decode_rgb
     from shards.transforms import eval_pixels
 
     first = next(iter_samples(Manifest.load(str(digits / "query")).shard_urls()[0]))
     pix = eval_pixels(decode_rgb(first["image"], "x", min_side=32), 32)[None].copy()
-    np.testing.assert_allclose(out[0]["feat"], ex.features(pix)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[0]["feat"], ex.features(torch.from_numpy(pix))[0], rtol=1e-4, atol=1e-5)
     assert out[0]["feat"].shape == (512,)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from eval.baselines import METHODS, BaselineConfig, BaselineError, train_baseline
 from eval.faiss_export import additive_index, export
-from eval.scoring import decode, lookup_tables, search_aqd
+from eval.scoring import Codebooks, search_aqd
 from tests.eval.conftest import brute_scores
 
 
@@ -14,13 +14,13 @@ def test_faiss_export_ranking_equals_project_aqd_ranking(kind, tmp_path):
     cb = rng.standard_normal((4, 256, 16)).astype(np.float32)
     codes = rng.integers(0, 256, (3000, 4)).astype(np.uint8)
     q = rng.standard_normal((25, 16)).astype(np.float32)
-    ours_s, ours_i = search_aqd(lookup_tables(q, cb), codes, k=50, db_chunk=1000)
+    ours_s, ours_i = search_aqd(Codebooks(cb).tables(q), codes, k=50, db_chunk=1000)
     export(cb, codes, tmp_path / "codes.faiss", kind)
     index = faiss.read_index(str(tmp_path / "codes.faiss"))
     d, i = index.search(q, 50)
     assert np.array_equal(i, ours_i)
     np.testing.assert_allclose(d, ours_s, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(index.sa_decode(codes[:5]), decode(codes[:5], cb), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(index.sa_decode(codes[:5]), Codebooks(cb).decoded(codes[:5]), rtol=1e-5, atol=1e-5)
 
 
 def test_faiss_export_packs_4_bit_codes():
@@ -30,7 +30,7 @@ def test_faiss_export_packs_4_bit_codes():
     q = rng.standard_normal((5, 8)).astype(np.float32)
     d, _ = additive_index(cb, codes).search(q, 10)
     # identical 12-bit codes tie exactly, and faiss orders ties its own way: compare the scores
-    np.testing.assert_allclose(d, search_aqd(lookup_tables(q, cb), codes, k=10)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d, search_aqd(Codebooks(cb).tables(q), codes, k=10)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_faiss_export_refuses_codes_with_the_wrong_m():
@@ -50,7 +50,7 @@ def test_every_baseline_yields_additive_codes_and_learned_ones_beat_random():
         assert b.db_codes.shape == (500, 4) and b.db_codes.dtype == np.uint8
         assert b.query_codes.shape == (10, 4) and b.codebooks.shape[:2] == (4, 16)
         assert int(b.db_codes.max()) < 16
-        rec = decode(b.db_codes, b.codebooks)[:, :10]
+        rec = Codebooks(b.codebooks).decoded(b.db_codes)[:, :10]
         err[method] = float(((rec - x[:500]) ** 2).sum() / (x[:500] ** 2).sum())
     assert err["random"] > 0.9
     for method in ("pq", "opq", "residual", "lsq"):
@@ -63,7 +63,7 @@ def test_pq_baseline_in_additive_form_decodes_like_faiss_pq():
     b = train_baseline("pq", x, x[:50], x[:2], m=2)
     pq = faiss.ProductQuantizer(8, 2, 8)
     pq.train(x)  # same data and seed -> same k-means
-    np.testing.assert_allclose(decode(b.db_codes, b.codebooks), pq.decode(pq.compute_codes(x[:50])),
+    np.testing.assert_allclose(Codebooks(b.codebooks).decoded(b.db_codes), pq.decode(pq.compute_codes(x[:50])),
                                rtol=1e-4, atol=1e-4)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 
 from eval.metrics import top_k
-from eval.scoring import aqd_scores, decode, lookup_tables, search_aqd, search_features
+from eval.scoring import Codebooks, aqd_scores, search_aqd, search_features
 from tests.eval.conftest import brute_scores
 
 
@@ -15,18 +15,18 @@ def _data(seed=0, n=500, q=7, m=4, k=16, d=12):
 
 def test_aqd_equals_brute_force_decode_and_dot_product():
     cb, codes, queries = _data()
-    lut = lookup_tables(queries, cb)
-    brute = queries @ decode(codes, cb).T
+    lut = Codebooks(cb).tables(queries)
+    brute = queries @ Codebooks(cb).decoded(codes).T
     np.testing.assert_allclose(aqd_scores(lut, codes), brute, rtol=1e-5, atol=1e-5)
     # a prefix of the code decodes the first levels only (progressive codes)
-    np.testing.assert_allclose(aqd_scores(lut, codes[:, :2]), queries @ decode(codes[:, :2], cb).T,
+    np.testing.assert_allclose(aqd_scores(lut, codes[:, :2]), queries @ Codebooks(cb).decoded(codes[:, :2]).T,
                                rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_aqd_search_equals_full_sort_of_brute_force_scores():
     cb, codes, queries = _data(1)
     brute = brute_scores(queries, codes, cb)
-    s, i = search_aqd(lookup_tables(queries, cb), codes, k=30, db_chunk=64)
+    s, i = search_aqd(Codebooks(cb).tables(queries), codes, k=30, db_chunk=64)
     ref = np.argsort(-brute, axis=1, kind="stable")[:, :30]
     assert np.array_equal(i, ref)
     np.testing.assert_allclose(s, np.take_along_axis(brute, ref, 1), rtol=1e-5, atol=1e-5)
@@ -35,8 +35,8 @@ def test_chunked_aqd_search_equals_full_sort_of_brute_force_scores():
 def test_chunked_search_with_massive_ties_is_deterministic_by_index():
     # one 4-word codebook: only 4 distinct scores over 500 items
     cb, codes, queries = _data(2, m=1, k=4)
-    s, i = search_aqd(lookup_tables(queries, cb), codes, k=100, db_chunk=37)
-    full = aqd_scores(lookup_tables(queries, cb), codes)
+    s, i = search_aqd(Codebooks(cb).tables(queries), codes, k=100, db_chunk=37)
+    full = aqd_scores(Codebooks(cb).tables(queries), codes)
     assert np.array_equal(i, top_k(full, 100)[1])
     assert np.array_equal(i, np.argsort(-full, axis=1, kind="stable")[:, :100])
 
@@ -62,7 +62,7 @@ def test_faiss_backed_searcher_equals_the_torch_scan_also_with_massive_ties():
 
 
 def test_tied_rows_reranked_in_batches_equal_the_full_stable_sort():
-    from eval.scoring import TIE_ROWS, AQDSearcher
+    from eval.scoring import AQDSearcher, TIE_ROWS
 
     # 8 distinct scores, 2.5 batches of tied query rows: every row goes through the exact routine
     cb, codes, queries = _data(6, n=900, q=2 * TIE_ROWS + TIE_ROWS // 2, m=1, k=8)

@@ -46,7 +46,7 @@ def world(tmp_path_factory):
     write_corpus(root / "db", 40, 20, seed=3, prefix="db")
     for name in ("q", "db"):
         assert encode_cli.main(["--checkpoint", str(root / "ckpt"), "--shards", str(root / name),
-                                "--out", str(root / f"{name}-codes"), "--local", "decoders=0"]) == 0
+                                "--out", str(root / f"{name}-codes"), "--local", "workers=0"]) == 0
     return root
 
 
@@ -178,7 +178,7 @@ def test_damaged_shard_every_stage_accounts_for_every_sample(world, tmp_path, ca
 
     # encode: refused (no code set published), then --partial publishes it with the loss recorded
     codes = tmp_path / "codes"
-    args = ["--checkpoint", str(world / "ckpt"), "--shards", str(s), "--out", str(codes), "--local", "decoders=0"]
+    args = ["--checkpoint", str(world / "ckpt"), "--shards", str(s), "--out", str(codes), "--local", "workers=0"]
     assert encode_cli.main(args) == 2
     err = one_line(capsys.readouterr().err)
     assert "refusing to publish the code set" in err and re.search(lost_line, err)
@@ -243,7 +243,7 @@ def test_a_duplicated_sample_is_counted_once_per_sample_in_every_stage(world, tm
     assert stats["images"] == N and stats["skips"] == {"sample_duplicate_key": 1}
     codes = tmp_path / "codes"
     assert encode_cli.main(["--checkpoint", str(world / "ckpt"), "--shards", str(s), "--out", str(codes),
-                            "--local", "decoders=0"]) == 0
+                            "--local", "workers=0"]) == 0
     cm = json.loads((codes / "codes_manifest.json").read_text())
     assert cm["total"] == N and cm["skipped_this_run"] == {"duplicate_key": 1} and not cm["partial"]
 
