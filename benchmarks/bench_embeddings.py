@@ -137,8 +137,8 @@ def bench_train(a: argparse.Namespace) -> None:
         runs += [("tar shards (feat.npy)", a.tar_n, tar),
                  ("embedding set", a.tar_n, write_embedding_corpus(str(work / f"emb_n{a.tar_n}_d32"), a.tar_n, 32,
                                                                    a.part_rows))]
-    print(f"| data | N | workers | epoch | training pass s | samples/s | data-wait | update s | fit() wall s | "
-          f"load |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("| data | N | workers | epoch | training pass s | samples/s | data-wait | update s | fit() wall s | "
+          "load |\n|---|---|---|---|---|---|---|---|---|---|")
     for name, n, corpus in runs:
         storage = str(work / "runs" / f"{time.strftime('%H%M%S')}-{name.split()[0]}")
         r = run_point(["train", "--n", n, "--corpus", corpus, "--tags", tags, "--workers", a.workers,

@@ -111,7 +111,7 @@ def table(results: dict, bits_list: list[int]) -> str:
                             ("wsdhq", "WSDHQ (same tags, same head)")):
             lines.append(f"| {label} | " + " | ".join(cell(own(name, b, conv)) for b in bits_list)
                          + f" | {cost(name)} |")
-            lines.append(f"| &nbsp;&nbsp;its float embeddings (no code) | "
+            lines.append("| &nbsp;&nbsp;its float embeddings (no code) | "
                          + " | ".join(cell(floats(f"{name}-{b}", name, conv)) for b in bits_list) + " | |")
         lines.append("| Lite0 features, cosine (no code) | "
                      + " | ".join(cell(floats(f"mecoq-{b}", "inputs", conv)) for b in bits_list) + " | |")
