@@ -22,7 +22,11 @@ Choices made here (what the paper leaves open):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -175,3 +179,226 @@ def compare(ids_clean: np.ndarray, ids_adv: np.ndarray, codes_clean: np.ndarray,
     changed = [1.0 - len(set(a[:t]) & set(b[:t])) / t for a, b in zip(ids_clean, ids_adv)]
     return {f"top{top}_changed": float(np.mean(changed)) if changed else 0.0,
             "code_flips_per_query": float((codes_clean != codes_adv).sum(1).mean()) if len(codes_clean) else 0.0}
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+
+class RobustnessError(ValueError):
+    """An input the robustness report cannot use; the message names it."""
+
+
+@dataclass
+class RobustnessConfig:
+    """``eps`` in 1/255 pixel units, one attack per value; the ranking is mAP@``top_k`` by AQD."""
+
+    eps: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    steps: int = 10
+    step_size: float | None = None  # None: 2.5·ε/steps per ε
+    alpha: float = 10.0
+    loss: str = "kl"
+    random_start: bool = True
+    seed: int = 0
+    max_queries: int = 200  # the first this many usable query images (an attack is 2·steps passes each)
+    top_k: int = 1000
+    neighbours: int = 10  # "top-10 neighbours changed"
+    batch_size: int = 32
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if not self.eps:
+            raise RobustnessError("eps: give at least one budget, e.g. eps=[2,4,8]")
+        for e in self.eps:
+            AttackConfig(eps=float(e), steps=self.steps, step_size=self.step_size, alpha=self.alpha,
+                         loss=self.loss)  # range checks, one place
+        for key in ("max_queries", "top_k", "neighbours", "batch_size"):
+            if getattr(self, key) < 1:
+                raise RobustnessError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    def attack(self, eps: float) -> AttackConfig:
+        return AttackConfig(eps=float(eps), steps=self.steps, step_size=self.step_size, alpha=self.alpha,
+                            loss=self.loss, random_start=self.random_start, seed=self.seed)
+
+
+def read_queries(shards: str, image_size: int, cfg: RobustnessConfig) -> tuple[torch.Tensor, list[str], list[list[str]]]:
+    """The first ``max_queries`` images of a shard set through ``shards.reader`` (the eval transform
+    the encode job uses: ImageNet-normalised, centre crop at the checkpoint's size)."""
+    from shards.reader import ReaderConfig, make_loader
+
+    rc = ReaderConfig(batch_size=cfg.batch_size, image_size=image_size, augment=False, num_workers=cfg.num_workers)
+    xs, keys, labels = [], [], []
+    for b in make_loader(shards, rc, train=False):
+        if "image" not in b:
+            raise RobustnessError(f"{shards}: batches carry no images (an embedding set?); the attack perturbs pixels")
+        xs.append(b["image"])
+        keys += b["key"]
+        labels += b["labels"]
+        if len(keys) >= cfg.max_queries:
+            break
+    if not keys:
+        raise RobustnessError(f"{shards}: no usable query images")
+    n = min(cfg.max_queries, len(keys))
+    return torch.cat(xs)[:n], keys[:n], labels[:n]
+
+
+def _check_codes_from(checkpoint: str, manifest: dict, what: str) -> None:
+    from eval.encode import checkpoint_identity
+
+    have = checkpoint_identity(checkpoint)["sha256"]
+    if (manifest.get("checkpoint_sha256") or {}) != have:
+        raise RobustnessError(f"{what}: the database codes were encoded by {manifest.get('checkpoint')}, not by "
+                              f"{checkpoint}: rankings need the codes of the model that embeds the queries")
+
+
+def _scores(model, x, db, ql, dl, cfg, clean=None) -> tuple[dict, tuple]:
+    ids, codes = ranking(model, x, db.codes, cfg.top_k, cfg.batch_size)
+    row = {"mAP": {c: retrieval_map(ids, ql, dl, c) for c in ("skip", "zero")}}
+    if clean is not None:
+        row.update(compare(clean[0], ids, clean[1], codes, cfg.neighbours))
+    return row, (ids, codes)
+
+
+def run(checkpoint: str, query_shards: str, database_codes: str, cfg: RobustnessConfig,
+        source_checkpoint: str | None = None, log=print) -> dict:
+    """Clean, white-box and (with ``source_checkpoint``) transfer mAP against ε; the result dict."""
+    from eval.codes import label_matrix, load_code_set
+    from trainer.inference import load_inference
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_inference(checkpoint, device)
+    db = load_code_set(database_codes, with_features=False)
+    _check_codes_from(checkpoint, db.manifest, "--database-codes")
+    if not db.has_labels:
+        raise RobustnessError(f"{database_codes}: the database codes carry no labels; mAP needs them")
+    if model.image_size is None:
+        raise RobustnessError(f"{checkpoint}: a feature checkpoint (no image size); the attack perturbs pixels")
+    source = load_inference(source_checkpoint, device) if source_checkpoint else None
+    x, keys, labels = read_queries(query_shards, model.image_size, cfg)
+    x = x.to(device)
+    names = sorted(set(db.label_names()) | {t for ls in labels for t in ls})
+    ql, dl = label_matrix(labels, names), db.label_matrix(names)
+    log(f"robustness: {len(keys)} queries, {len(db)} database items, eps {cfg.eps}, {cfg.steps} steps")
+    clean_row, clean = _scores(model, x, db, ql, dl, cfg)
+    out = {"checkpoint": checkpoint, "source_checkpoint": source_checkpoint, "query_shards": query_shards,
+           "database_codes": database_codes, "queries": len(keys), "database": len(db),
+           "queries_without_labels": sum(not ls for ls in labels), "config": _config_dict(cfg),
+           "top_k": min(cfg.top_k, len(db)), "clean": clean_row, "white_box": [], "transfer": []}
+    for eps in cfg.eps:
+        adv = torch.cat([attack(model, x[i:i + cfg.batch_size], cfg.attack(eps)) for i in range(0, len(x), cfg.batch_size)])
+        row, _ = _scores(model, adv, db, ql, dl, cfg, clean)
+        out["white_box"].append({"eps": eps, **row})
+        log(f"  white-box eps {eps}/255: mAP {row['mAP']['zero']:.4f} (clean {clean_row['mAP']['zero']:.4f})")
+        if source is not None:
+            if (source.image_size or 0) != model.image_size:
+                raise RobustnessError(f"--source-checkpoint takes {source.image_size}px images, the target "
+                                      f"{model.image_size}px: transfer needs the same input size")
+            adv = torch.cat([attack(source, x[i:i + cfg.batch_size], cfg.attack(eps))
+                             for i in range(0, len(x), cfg.batch_size)])
+            row, _ = _scores(model, adv, db, ql, dl, cfg, clean)
+            out["transfer"].append({"eps": eps, **row})
+            log(f"  transfer  eps {eps}/255: mAP {row['mAP']['zero']:.4f}")
+    return out
+
+
+def _config_dict(cfg: RobustnessConfig) -> dict:
+    from shards.config import to_dict
+
+    return to_dict(cfg)
+
+
+def markdown(r: dict) -> str:
+    k, nb = r["top_k"], r["config"]["neighbours"]
+    lines = [f"# Robustness to adversarial queries", "",
+             f"Checkpoint `{r['checkpoint']}`; {r['queries']} queries from `{r['query_shards']}` against "
+             f"{r['database']} database codes `{r['database_codes']}`.",
+             f"Attack: L∞ iterative gradient sign, {r['config']['steps']} steps, loss `{r['config']['loss']}`, "
+             f"α = {r['config']['alpha']}, seed {r['config']['seed']}; ε in 1/255 pixel units. mAP@{k} by AQD; "
+             "`zero` counts a query with no relevant item in the top-K as AP 0 (the honest figure under attack: "
+             "`skip` leaves exactly those queries out).", "",
+             f"| setting | ε | mAP@{k} zero | mAP@{k} skip | top-{nb} changed | code flips / query |",
+             "|---|---|---|---|---|---|",
+             f"| clean | 0 | {r['clean']['mAP']['zero']:.4f} | {r['clean']['mAP']['skip']:.4f} | 0 | 0 |"]
+    for name in ("white_box", "transfer"):
+        for row in r[name]:
+            lines.append(f"| {name.replace('_', '-')} | {row['eps']:g} | {row['mAP']['zero']:.4f} | "
+                         f"{row['mAP']['skip']:.4f} | {row[f'top{nb}_changed']:.3f} | {row['code_flips_per_query']:.3f} |")
+    if r["source_checkpoint"]:
+        lines += ["", f"Transfer queries were crafted on `{r['source_checkpoint']}` and ranked by the checkpoint above."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name in ("white_box", "transfer"):
+        if r[name]:
+            ax.plot([0] + [row["eps"] for row in r[name]],
+                    [r["clean"]["mAP"]["zero"]] + [row["mAP"]["zero"] for row in r[name]], marker="o",
+                    label=name.replace("_", "-"))
+    ax.set_xlabel("ε (1/255)")
+    ax.set_ylabel(f"mAP@{r['top_k']} (zero)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(r: dict, out: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from shards import storage
+
+    storage.write_bytes(storage.join(out, "robustness.json"), json.dumps(r, indent=1).encode())
+    storage.write_bytes(storage.join(out, "report.md"), markdown(r).encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        png = str(Path(tmp) / "map_vs_eps.png")
+        plot(r, png)
+        storage.write_bytes(storage.join(out, "map_vs_eps.png"), Path(png).read_bytes())
+
+
+def _job(args: tuple) -> dict:
+    checkpoint, query_shards, database_codes, cfg, source = args
+    return run(checkpoint, query_shards, database_codes, cfg, source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shards import config as tconfig
+
+    p = argparse.ArgumentParser(prog="python -m eval.robustness", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="inference checkpoint that encoded --database-codes")
+    p.add_argument("--query-shards", required=True, help="image shard set of the queries (dir or s3://)")
+    p.add_argument("--database-codes", required=True, help="code set of the database (wsdhq encode)")
+    p.add_argument("--out", required=True, help="report directory (dir or s3://)")
+    p.add_argument("--source-checkpoint", help="black-box transfer: craft the queries on this model")
+    p.add_argument("--config", help="YAML with RobustnessConfig fields")
+    p.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eps=[2,4,8] steps=10 max_queries=100")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        cfg = tconfig.load(RobustnessConfig, a.config, a.overrides)
+        args = (a.checkpoint, a.query_shards, a.database_codes, cfg, a.source_checkpoint)
+        if a.local:
+            r = run(*args[:4], source_checkpoint=a.source_checkpoint, log=lambda s: print(s, flush=True))
+        else:  # one Ray task (a GPU when the cluster has one), like the encode job's workers
+            import ray
+
+            ray.init(ignore_reinit_error=True)  # RAY_ADDRESS when set (a cluster), else a local Ray
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            r = ray.get(ray.remote(num_gpus=gpus)(_job).remote(args))
+        write(r, a.out)
+        print(markdown(r))
+    except (tconfig.ConfigError, ValueError, OSError) as exn:
+        print(f"robustness: error: {exn}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
