@@ -176,22 +176,30 @@ def write_image_shards(url, x: torch.Tensor, y: np.ndarray, prefix: str) -> None
     w.close()
 
 
-def test_cli_report_white_box_and_transfer(tmp_path):
-    """End to end: shards -> eval.encode database codes -> eval.robustness --local report."""
-    import json
-
+def cli_setup(tmp_path, source: bool = True) -> list[str]:
+    """Two trained checkpoints, database and query shard sets, database codes from ``eval.encode``;
+    returns the robustness argv (without --local)."""
     from eval.encode import main as encode_main
 
     _, x, y = train_checkpoint(tmp_path / "ckpt", "wsdhq")
-    train_checkpoint(tmp_path / "other", "dpq")
+    if source:
+        train_checkpoint(tmp_path / "other", "dpq")
     xq, yq = images(24, 1)
     write_image_shards(tmp_path / "db", x, y, "db")
     write_image_shards(tmp_path / "q", xq, yq, "q")
     assert encode_main(["--local", "--checkpoint", str(tmp_path / "ckpt"), "--shards", str(tmp_path / "db"),
                         "--out", str(tmp_path / "codes"), "features=false"]) == 0
-    argv = ["--local", "--checkpoint", str(tmp_path / "ckpt"), "--query-shards", str(tmp_path / "q"),
+    return ["--checkpoint", str(tmp_path / "ckpt"), "--query-shards", str(tmp_path / "q"),
             "--database-codes", str(tmp_path / "codes"), "--out", str(tmp_path / "report"),
-            "--source-checkpoint", str(tmp_path / "other"), "eps=[4,16]", "steps=5", "top_k=50", "max_queries=20"]
+            *(["--source-checkpoint", str(tmp_path / "other")] if source else []),
+            "eps=[4,16]", "steps=5", "top_k=50", "max_queries=20"]
+
+
+def test_cli_report_white_box_and_transfer(tmp_path):
+    """End to end: shards -> eval.encode database codes -> eval.robustness --local report."""
+    import json
+
+    argv = ["--local", *cli_setup(tmp_path)]
     assert R.main(argv) == 0
     r = json.loads((tmp_path / "report" / "robustness.json").read_text())
     assert r["queries"] == 20 and r["database"] == 256 and r["top_k"] == 50
@@ -210,3 +218,24 @@ def test_cli_report_white_box_and_transfer(tmp_path):
     bad = list(argv)
     bad[bad.index(str(tmp_path / "ckpt"))] = str(tmp_path / "other")
     assert R.main(bad) == 2
+
+
+@pytest.mark.ray
+def test_ray_task_gives_the_local_report(tmp_path, ray_local):
+    import json
+
+    argv = cli_setup(tmp_path, source=False)
+    assert R.main(argv) == 0
+    via_ray = json.loads((tmp_path / "report" / "robustness.json").read_text())
+    assert R.main(["--local", *argv]) == 0
+    assert json.loads((tmp_path / "report" / "robustness.json").read_text()) == via_ray
+    assert via_ray["white_box"][1]["mAP"]["zero"] <= 0.6
+
+
+def test_bad_overrides_are_one_line_errors(tmp_path, capsys):
+    argv = ["--local", "--checkpoint", "x", "--query-shards", "q", "--database-codes", "c", "--out", str(tmp_path)]
+    assert R.main([*argv, "eps=[]"]) == 2
+    assert R.main([*argv, "steps=-2"]) == 2
+    assert R.main([*argv, "max_queries=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("robustness: error:") for line in err)
