@@ -202,6 +202,8 @@ class RobustnessConfig:
     max_queries: int = 200  # the first this many usable query images (an attack is 2·steps passes each)
     top_k: int = 1000
     neighbours: int = 10  # "top-10 neighbours changed"
+    grid_queries: int = 4  # rows of clean / perturbed queries (at the largest ε) in the grid PNG
+    grid_top: int = 5
     batch_size: int = 32
     num_workers: int = 0
 
@@ -211,7 +213,7 @@ class RobustnessConfig:
         for e in self.eps:
             AttackConfig(eps=float(e), steps=self.steps, step_size=self.step_size, alpha=self.alpha,
                          loss=self.loss)  # range checks, one place
-        for key in ("max_queries", "top_k", "neighbours", "batch_size"):
+        for key in ("max_queries", "top_k", "neighbours", "batch_size", "grid_top"):
             if getattr(self, key) < 1:
                 raise RobustnessError(f"{key} must be >= 1, got {getattr(self, key)}")
 
@@ -258,9 +260,43 @@ def _scores(model, x, db, ql, dl, cfg, clean=None) -> tuple[dict, tuple]:
     return row, (ids, codes)
 
 
+def grid_png(x_clean: torch.Tensor, x_adv: torch.Tensor, keys: list[str], ids_clean: np.ndarray,
+             ids_adv: np.ndarray, rel_clean: np.ndarray, rel_adv: np.ndarray, db_keys: np.ndarray,
+             database_shards: str, eps: float, top: int) -> bytes:
+    """PNG bytes: per query, the clean image and its top results, then the perturbed one and its."""
+    import tempfile
+    from pathlib import Path
+
+    from eval.evaluate import shard_images
+    from eval.plots import retrieval_grid
+
+    want = {str(db_keys[i]) for ids in (ids_clean, ids_adv) for i in ids[:, :top].reshape(-1)}
+    thumbs = shard_images(database_shards, want)
+    missing = want - set(thumbs)
+    if missing:
+        raise RobustnessError(f"--database-shards {database_shards}: {len(missing)} database keys not found "
+                              f"(e.g. {sorted(missing)[0]!r}); give the shard set the codes were encoded from")
+
+    def pixels(t: torch.Tensor) -> np.ndarray:
+        return (to_pixels(t).clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+    images, results, relevant, titles = [], [], [], []
+    for q in range(len(keys)):
+        for name, x, ids, rel in (("clean", x_clean, ids_clean, rel_clean), (f"eps {eps:g}", x_adv, ids_adv, rel_adv)):
+            images.append(pixels(x[q]))
+            results.append([thumbs[str(db_keys[i])] for i in ids[q, :top]])
+            relevant.append([bool(v) for v in rel[q, :top]])
+            titles.append(f"{keys[q]} {name}: ")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "grid.png")
+        retrieval_grid(images, results, relevant, titles, path)
+        return Path(path).read_bytes()
+
+
 def run(checkpoint: str, query_shards: str, database_codes: str, cfg: RobustnessConfig,
-        source_checkpoint: str | None = None, log=print) -> dict:
-    """Clean, white-box and (with ``source_checkpoint``) transfer mAP against ε; the result dict."""
+        source_checkpoint: str | None = None, log=print, database_shards: str | None = None) -> dict:
+    """Clean, white-box and (with ``source_checkpoint``) transfer mAP against ε; the result dict
+    (with ``database_shards``, ``grid_png`` holds the grid's PNG bytes, which ``write`` stores)."""
     from eval.codes import label_matrix, load_code_set
     from trainer.inference import load_inference
 
@@ -285,7 +321,15 @@ def run(checkpoint: str, query_shards: str, database_codes: str, cfg: Robustness
            "top_k": min(cfg.top_k, len(db)), "clean": clean_row, "white_box": [], "transfer": []}
     for eps in cfg.eps:
         adv = torch.cat([attack(model, x[i:i + cfg.batch_size], cfg.attack(eps)) for i in range(0, len(x), cfg.batch_size)])
-        row, _ = _scores(model, adv, db, ql, dl, cfg, clean)
+        row, (ids_adv, _) = _scores(model, adv, db, ql, dl, cfg, clean)
+        if database_shards and eps == max(cfg.eps):
+            from eval.metrics import relevance
+
+            n = min(cfg.grid_queries, len(keys))
+            rel = relevance(ql[:n], dl)
+            out["grid_png"] = grid_png(x[:n], adv[:n], keys[:n], clean[0][:n], ids_adv[:n],
+                                       np.take_along_axis(rel, clean[0][:n], 1), np.take_along_axis(rel, ids_adv[:n], 1),
+                                       db.keys, database_shards, eps, cfg.grid_top)
         out["white_box"].append({"eps": eps, **row})
         log(f"  white-box eps {eps}/255: mAP {row['mAP']['zero']:.4f} (clean {clean_row['mAP']['zero']:.4f})")
         if source is not None:
@@ -354,6 +398,10 @@ def write(r: dict, out: str) -> None:
 
     from shards import storage
 
+    r = dict(r)
+    grid = r.pop("grid_png", None)
+    if grid is not None:
+        storage.write_bytes(storage.join(out, "grid.png"), grid)
     storage.write_bytes(storage.join(out, "robustness.json"), json.dumps(r, indent=1).encode())
     storage.write_bytes(storage.join(out, "report.md"), markdown(r).encode())
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,8 +411,8 @@ def write(r: dict, out: str) -> None:
 
 
 def _job(args: tuple) -> dict:
-    checkpoint, query_shards, database_codes, cfg, source = args
-    return run(checkpoint, query_shards, database_codes, cfg, source)
+    checkpoint, query_shards, database_codes, cfg, source, database_shards = args
+    return run(checkpoint, query_shards, database_codes, cfg, source, database_shards=database_shards)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,16 +424,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-codes", required=True, help="code set of the database (wsdhq encode)")
     p.add_argument("--out", required=True, help="report directory (dir or s3://)")
     p.add_argument("--source-checkpoint", help="black-box transfer: craft the queries on this model")
+    p.add_argument("--database-shards", help="the database's shard set: adds grid.png (clean vs perturbed "
+                                             "queries and their top results)")
     p.add_argument("--config", help="YAML with RobustnessConfig fields")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eps=[2,4,8] steps=10 max_queries=100")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides may come before or after the flags
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = tconfig.load(RobustnessConfig, a.config, a.overrides)
-        args = (a.checkpoint, a.query_shards, a.database_codes, cfg, a.source_checkpoint)
+        args = (a.checkpoint, a.query_shards, a.database_codes, cfg, a.source_checkpoint, a.database_shards)
         if a.local:
-            r = run(*args[:4], source_checkpoint=a.source_checkpoint, log=lambda s: print(s, flush=True))
+            r = run(*args[:4], source_checkpoint=a.source_checkpoint, log=lambda s: print(s, flush=True),
+                    database_shards=a.database_shards)
         else:  # one Ray task (a GPU when the cluster has one), like the encode job's workers
             import ray
 

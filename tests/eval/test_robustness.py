@@ -199,7 +199,7 @@ def test_cli_report_white_box_and_transfer(tmp_path):
     """End to end: shards -> eval.encode database codes -> eval.robustness --local report."""
     import json
 
-    argv = ["--local", *cli_setup(tmp_path)]
+    argv = ["--local", *cli_setup(tmp_path), "--database-shards", str(tmp_path / "db"), "grid_queries=3"]
     assert R.main(argv) == 0
     r = json.loads((tmp_path / "report" / "robustness.json").read_text())
     assert r["queries"] == 20 and r["database"] == 256 and r["top_k"] == 50
@@ -214,6 +214,11 @@ def test_cli_report_white_box_and_transfer(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| white-box | 16 |" in text and "| transfer | 16 |" in text
     assert (tmp_path / "report" / "map_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    with Image.open(tmp_path / "report" / "grid.png") as grid:  # 3 queries x (clean, perturbed) rows
+        assert grid.height > 5 * grid.width / 6 * 0.8 and grid.format == "PNG"
+    assert "grid_png" not in r
     # codes of another model are refused, not ranked with the wrong encoder
     bad = list(argv)
     bad[bad.index(str(tmp_path / "ckpt"))] = str(tmp_path / "other")
