@@ -309,6 +309,9 @@ def run(checkpoint: str, query_shards: str, database_codes: str, cfg: Robustness
     if model.image_size is None:
         raise RobustnessError(f"{checkpoint}: a feature checkpoint (no image size); the attack perturbs pixels")
     source = load_inference(source_checkpoint, device) if source_checkpoint else None
+    if source is not None and (source.image_size or 0) != model.image_size:
+        raise RobustnessError(f"--source-checkpoint takes {source.image_size}px images, the target "
+                              f"{model.image_size}px: transfer needs the same input size")
     x, keys, labels = read_queries(query_shards, model.image_size, cfg)
     x = x.to(device)
     names = sorted(set(db.label_names()) | {t for ls in labels for t in ls})
@@ -333,9 +336,6 @@ def run(checkpoint: str, query_shards: str, database_codes: str, cfg: Robustness
         out["white_box"].append({"eps": eps, **row})
         log(f"  white-box eps {eps}/255: mAP {row['mAP']['zero']:.4f} (clean {clean_row['mAP']['zero']:.4f})")
         if source is not None:
-            if (source.image_size or 0) != model.image_size:
-                raise RobustnessError(f"--source-checkpoint takes {source.image_size}px images, the target "
-                                      f"{model.image_size}px: transfer needs the same input size")
             adv = torch.cat([attack(source, x[i:i + cfg.batch_size], cfg.attack(eps))
                              for i in range(0, len(x), cfg.batch_size)])
             row, _ = _scores(model, adv, db, ql, dl, cfg, clean)
@@ -352,7 +352,7 @@ def _config_dict(cfg: RobustnessConfig) -> dict:
 
 def markdown(r: dict) -> str:
     k, nb = r["top_k"], r["config"]["neighbours"]
-    lines = [f"# Robustness to adversarial queries", "",
+    lines = ["# Robustness to adversarial queries", "",
              f"Checkpoint `{r['checkpoint']}`; {r['queries']} queries from `{r['query_shards']}` against "
              f"{r['database']} database codes `{r['database_codes']}`.",
              f"Attack: L∞ iterative gradient sign, {r['config']['steps']} steps, loss `{r['config']['loss']}`, "
