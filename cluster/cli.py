@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": ("eval.evaluate", "retrieval evaluation and report"),
     "index": ("eval.index", "build a searchable faiss index from a code set"),
     "search": ("eval.search", "top-k by image, by key or by tags over an index"),
+    "robustness": ("eval.robustness", "mAP under adversarial queries (white-box, transfer)"),
     "ray": ("cluster.local", "start / stop a local Ray head, submit and follow jobs"),
 }
 
