@@ -140,7 +140,29 @@ class AdditiveCoding:
         self.quantizer.is_trained = bool(state["trained"])
 
 
-class ProgressiveCoding:
+class GradientCoding:
+    """What the gradient-trained codings share: codebooks inside the network (``module``), whose
+    state travels with the network's, and a one-off k-means start on the gathered sample."""
+
+    @property
+    def module(self) -> nn.Module:
+        return self.quantizer
+
+    def kmeans_start(self, embeddings: torch.Tensor, index: torch.Tensor, collectives: Collectives) -> dict:
+        n = self.cfg.kmeans_sample
+        rows = collectives.gather_rows(embeddings[:n].detach().float().cpu(), index[:n])
+        self.quantizer.fit(rows, self.seed)
+        self.updates += 1
+        return {"codebook_updates": self.updates, "samples": int(len(rows)), "dead_codewords": 0}
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates}  # the codebooks are parameters of the network's state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+
+
+class ProgressiveCoding(GradientCoding):
     one_optimizer = False  # DPQ's own Adam on the codebooks beside the network's optimizer
 
     def __init__(self, cfg: ProgressiveConfig, dim: int, V: torch.Tensor, space: str, seed: int):
@@ -148,10 +170,6 @@ class ProgressiveCoding:
         self.quantizer = ProgressiveQuantizer(dim, cfg.M, cfg.K, cfg.softmax_gamma, seed=seed)
         self.generator = torch.Generator().manual_seed(seed)  # unused by this kind; checkpointed alike
         self.updates = 0
-
-    @property
-    def module(self) -> nn.Module:
-        return self.quantizer
 
     def loss(self, out: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, t = self.cfg, out["t"]
@@ -175,20 +193,10 @@ class ProgressiveCoding:
         if self.cfg.init != "kmeans":
             raise RuntimeError("progressive codebooks with quantizer.init=random are trained by gradient "
                                "only; a codebook update is for quantizer.init=kmeans")
-        n = self.cfg.kmeans_sample
-        rows = collectives.gather_rows(embeddings[:n].detach().float().cpu(), index[:n])
-        self.quantizer.fit(rows, self.seed)
-        self.updates += 1
-        return {"codebook_updates": self.updates, "samples": int(len(rows)), "dead_codewords": 0}
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates}  # the codebooks are parameters of the network's state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state["updates"])
+        return self.kmeans_start(embeddings, index, collectives)
 
 
-class ProductCoding:
+class ProductCoding(GradientCoding):
     """MeCoQ's and MoPQ's product codebooks: trained by gradient through the objective's use of the
     soft / straight-through reconstructions (this coding adds no loss of its own), with an optional
     one-off spherical k-means start after ``kmeans_epoch`` epochs."""
@@ -201,10 +209,6 @@ class ProductCoding:
         self.generator = torch.Generator().manual_seed(seed)  # unused by this kind; checkpointed alike
         self.updates = 0
 
-    @property
-    def module(self) -> nn.Module:
-        return self.quantizer
-
     def loss(self, out: dict, epoch: int) -> tuple[None, dict[str, float]]:
         return None, {}
 
@@ -214,17 +218,7 @@ class ProductCoding:
     def update(self, embeddings: torch.Tensor, index: torch.Tensor, collectives: Collectives,
                epoch: int) -> dict[str, Any]:
         """Spherical k-means per block on the gathered sample (the same on every rank)."""
-        n = self.cfg.kmeans_sample
-        rows = collectives.gather_rows(embeddings[:n].detach().float().cpu(), index[:n])
-        self.quantizer.fit(rows, self.seed)
-        self.updates += 1
-        return {"codebook_updates": self.updates, "samples": int(len(rows)), "dead_codewords": 0}
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates}  # the codebooks are parameters of the network's state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state["updates"])
+        return self.kmeans_start(embeddings, index, collectives)
 
 
 CODINGS = {"additive": AdditiveCoding, "progressive": ProgressiveCoding, "product": ProductCoding}
