@@ -183,10 +183,49 @@ def sweep(argv: list[str]) -> int:
     return 0
 
 
+def codebook_size(argv: list[str]) -> int:
+    """4-bit (K=16) against 8-bit (K=256) codebooks at the same bits on the backbone features (issue 18):
+    ``codebook-size --features DIR [--bits 16 32 64] [--seeds 0 1 2]``. Per seed: WSDHQ with K=256
+    (M = bits/8) and K=16 (M = bits/4) at every length, WSDHQ-progressive at the largest, each trained,
+    encoded and evaluated by the product's commands (as ``main``); then
+    ``benchmarks.tag_search_mirflickr`` over all of them: image -> image mAP@all beside faiss's own PQ
+    at the same M and bits per level (4-bit for K=16) on the input features and on the encoder's
+    embeddings, tag -> image, and whether the index (FastScan for K=16) returns the exact top-100."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.results_backbone codebook-size")
+    p.add_argument("--out", default="runs/results_backbone")
+    p.add_argument("--features", required=True, help="features root with train/query/database (and tags)")
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a = p.parse_args(argv)
+    r = BackboneRunner((REPO / a.out).resolve())
+    feats = (REPO / a.features).resolve()
+    top = max(a.bits)
+    progressive = "{kind: progressive, M: %d, K: %d, feature_epochs: 3}"
+    runs = []
+    for seed in a.seeds:
+        for k in (256, 16):
+            per = 8 if k == 256 else 4
+            todo = {f"wsdhq-k{k}-{b}": ["method.name=wsdhq", f"method.quantizer.M={b // per}",
+                                        f"method.quantizer.K={k}"] for b in a.bits}
+            todo[f"wsdhq_progressive-k{k}-{top}"] = [
+                "method.name=wsdhq_progressive", f"method.quantizer={progressive % (top // per, k)}"]
+            for name, overrides in todo.items():
+                r.model(feats, seed, name, overrides, baselines_on=False)
+                run = f"{name}-s{seed}"
+                runs += ["--run", run, str(r.out / "runs" / run / "final"), str(r.out / "codes" / run / "query"),
+                         str(r.out / "codes" / run / "database")]
+    r.sh("-m", "benchmarks.tag_search_mirflickr", "--database-shards", str(feats / "database"),
+         "--query-shards", str(feats / "query"), "--train-shards", str(feats / "train"),
+         "--out", str(r.out / "codebook_size.json"), *runs)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sweep"]:
         return sweep(argv[1:])
+    if argv[:1] == ["codebook-size"]:
+        return codebook_size(argv[1:])
     a = parse_args(argv, __doc__.splitlines()[0], "runs/results_backbone")
     r = BackboneRunner((REPO / a.out).resolve())
     data = r.data()
