@@ -245,7 +245,8 @@ def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=prin
         skipped = Counter()
         for e in entries:
             skipped.update(e.get("skipped") or {})
-        source = f"{cfg.encoder.kind} features of {m.url} ({m.source})"
+        head = "" if cfg.encoder.head == "plain" else f" {cfg.encoder.head}"
+        source = f"{cfg.encoder.kind}{head} features of {m.url} ({m.source})"
         if cfg.format == "embeddings":
             from shards.embeddings import EmbeddingSetWriter
 
