@@ -5,8 +5,9 @@
 Times, on one thread and alternating plain / pyramid so the shared machine's load falls on both
 alike: (1) the frozen backbone's forward per image (what ``eval.extract`` pays once per image), and
 (2) one training step per image with the last ``--trainable`` stages training (forward, a loss on the
-embedding, backward, Adam), what an end-to-end epoch costs per image. Prints one JSON line: the
-median seconds per image of each, and the feature lengths.
+embedding, backward, Adam), what an end-to-end epoch costs per image; (3) a product-quantizer
+step (forward + backward) with ``top_k`` 0 / 8 / 32 (partial codebook attention). Prints one JSON
+line: the median seconds per image of (1) and (2), the feature lengths, and (3) in ms.
 """
 from __future__ import annotations
 
@@ -66,6 +67,20 @@ def main(argv: list[str] | None = None) -> int:
                     enc(x).square().mean().backward()
                     opt.step()
             out[head][f"{phase}_s_per_image"] = round(_median_time(step, a.repeats) / a.batch, 5)
+    # (3) partial codebook attention: one product-quantizer forward + backward of the soft and
+    # straight-through reconstructions (MeCoQ's 16 bits: M=2, K=256) on a batch of 128-d rows
+    from trainer.quantizers import ProductQuantizer
+
+    t = torch.randn(2 * a.batch * 4, 128)
+    out["product_quantizer_step_ms"] = {}
+    for k in (0, 8, 32):
+        q = ProductQuantizer(128, 2, 256, top_k=k)
+
+        def qstep():
+            q.zero_grad()
+            o = q(t)
+            (o["soft"].square().sum() + o["hard"].sum()).backward()
+        out["product_quantizer_step_ms"][f"top_k={k}"] = round(1000 * _median_time(qstep, 5 * a.repeats), 3)
     out["load_avg_1m_after"] = os.getloadavg()[0]
     print(json.dumps(out))
     return 0

@@ -120,3 +120,17 @@ def test_lite0_pyramid_defaults_stage_maps_and_frozen_backbone():
     assert all(p.grad is None for p in lite.parameters())
     with pytest.raises(ValueError, match=r"0\.\.17"):
         build_backbone(EncoderConfig(kind="efficientnet_lite0", head="pyramid_hybrid", pyramid_stages=[18]))
+
+
+@pytest.mark.skipif(not HAS_LITE, reason="needs the pretrained extra (efficientnet-lite-pytorch)")
+def test_lite0_pyramid_with_the_last_two_stages_trainable_trains_only_those():
+    """trainable=2: block 16 and the head conv train; the pooled stages 5 and 11 stay frozen, so their
+    maps enter the pyramid without a graph and only the 1280-channel map carries gradient back."""
+    enc = build_encoder(EncoderConfig(kind="efficientnet_lite0", head="pyramid_hybrid", trainable=2), embed_dim=8)
+    enc.train()
+    enc(torch.randn(2, 3, 64, 64)).square().sum().backward()
+    net = enc.backbone.backbone.net
+    assert net._conv_head.weight.grad.abs().sum() > 0
+    assert net._blocks[15]._project_conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for b in net._blocks[:15] for p in b.parameters())
+    assert net._conv_stem.weight.grad is None
