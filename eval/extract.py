@@ -86,7 +86,11 @@ def backbone_identity(cfg: ExtractConfig) -> dict:
     from shards.manifest import sha256_of
 
     digest = sha256_of(weights)[0] if weights else None
-    return {"encoder": tconfig.to_dict(enc), "weights_sha256": digest}
+    encoder = tconfig.to_dict(enc)
+    if enc.head == "plain":  # the pyramid keys do not act: a plain job pinned before they existed still matches
+        for key in ("head", "pyramid_stages", "pyramid_scales"):
+            encoder.pop(key)
+    return {"encoder": encoder, "weights_sha256": digest}
 
 
 class ShardExtractor:

@@ -144,6 +144,16 @@ def test_pyramid_head_features_are_stored_as_the_features_and_name_the_job(digit
         run(digits / "query", tmp_path / "q", ExtractConfig(**RESNET), local=True, **QUIET)
 
 
+def test_a_plain_job_pinned_before_the_pyramid_keys_existed_still_matches():
+    from eval.extract import backbone_identity
+
+    plain = backbone_identity(ExtractConfig(**RESNET))["encoder"]
+    assert not {"head", "pyramid_stages", "pyramid_scales"} & set(plain)
+    pyr = backbone_identity(ExtractConfig(**{**RESNET, "encoder": EncoderConfig(kind="resnet18", head="pyramid_hybrid")}))
+    assert (pyr["encoder"]["head"], pyr["encoder"]["pyramid_stages"], pyr["encoder"]["pyramid_scales"]) == \
+        ("pyramid_hybrid", [], [1, 2])
+
+
 @pytest.mark.slow
 def test_lite0_features_of_the_digits_match_the_backbone_run_directly(digits, tmp_path):
     if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
