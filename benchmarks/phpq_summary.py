@@ -16,7 +16,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-PAIRS = (("pyramid", "plain", 16), ("pyramid", "plain", 32), ("prog-topk8", "prog-topk0", 32),
+PAIRS = (("pyramid", "plain", 16), ("pyramid", "plain", 32), ("pyramid-s1", "plain", 16), ("pyramid-s1", "plain", 32),
+         ("prog-topk8", "prog-topk0", 32),
          ("prog-topk32", "prog-topk0", 32), ("mecoq-topk8", "mecoq-topk0", 16), ("mecoq-topk32", "mecoq-topk0", 16))
 
 
