@@ -149,9 +149,9 @@ def test_a_plain_job_pinned_before_the_pyramid_keys_existed_still_matches():
 
     plain = backbone_identity(ExtractConfig(**RESNET))["encoder"]
     assert not {"head", "pyramid_stages", "pyramid_scales"} & set(plain)
-    pyr = backbone_identity(ExtractConfig(**{**RESNET, "encoder": EncoderConfig(kind="resnet18", head="pyramid_hybrid")}))
-    assert (pyr["encoder"]["head"], pyr["encoder"]["pyramid_stages"], pyr["encoder"]["pyramid_scales"]) == \
-        ("pyramid_hybrid", [], [1, 2])
+    enc = EncoderConfig(kind="resnet18", head="pyramid_hybrid")
+    pyr = backbone_identity(ExtractConfig(**{**RESNET, "encoder": enc}))["encoder"]
+    assert (pyr["head"], pyr["pyramid_stages"], pyr["pyramid_scales"]) == ("pyramid_hybrid", [], [1, 2])
 
 
 @pytest.mark.slow
