@@ -91,10 +91,32 @@ def test_a_bad_pyramid_setting_is_one_error_naming_the_key(keys, key, fragment):
     assert key in str(e.value) and fragment in str(e.value)
 
 
+def test_the_stage_counts_the_config_checks_are_the_backbones_own():
+    from trainer.encoders import PYRAMID_STAGE_COUNTS
+
+    for kind, n in PYRAMID_STAGE_COUNTS.items():
+        if kind.startswith("efficientnet") and not HAS_LITE:
+            continue
+        if kind.startswith("efficientnet"):
+            from trainer.encoders.efficientnet import EfficientNetLite
+
+            net = EfficientNetLite(kind, None)  # architecture only: no weights needed to count stages
+        else:
+            net = build_backbone(EncoderConfig(kind=kind))
+        assert len(net.stage_channels()) == n, kind
+    with pytest.raises(ConfigError, match=r"encoder\.pyramid_stages: \[5, 18\] out of range: encoder\.kind "
+                                          r"'efficientnet_lite0' has stages 0\.\.17"):
+        from_dict(EncoderConfig, {"kind": "efficientnet_lite0", "head": "pyramid_hybrid", "pyramid_stages": [5, 18]},
+                  "encoder")
+
+
 def test_a_stage_out_of_range_names_the_valid_range_and_the_channels():
+    """The backbone's own check (kinds the config cannot count, e.g. a resnet built by hand)."""
+    from trainer.encoders import resnet18
+
     with pytest.raises(ValueError, match=r"\[5\] out of range for ResNet, which has stages 0\.\.4 "
                                          r"\(channels \[64, 64, 128, 256, 512\]\)"):
-        build_backbone(EncoderConfig(kind="resnet18", head="pyramid_hybrid", pyramid_stages=[3, 5]))
+        PyramidHybridPool(resnet18(), [3, 5])
 
 
 def test_a_backbone_without_stage_maps_is_refused_by_name():
@@ -118,8 +140,8 @@ def test_lite0_pyramid_defaults_stage_maps_and_frozen_backbone():
     enc(x).sum().backward()
     assert enc.head.fc.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in lite.parameters())
-    with pytest.raises(ValueError, match=r"0\.\.17"):
-        build_backbone(EncoderConfig(kind="efficientnet_lite0", head="pyramid_hybrid", pyramid_stages=[18]))
+    with pytest.raises(ValueError, match=r"\[18\] out of range for EfficientNetLite, which has stages 0\.\.17"):
+        PyramidHybridPool(lite, [18])
 
 
 @pytest.mark.skipif(not HAS_LITE, reason="needs the pretrained extra (efficientnet-lite-pytorch)")

