@@ -86,7 +86,11 @@ def backbone_identity(cfg: ExtractConfig) -> dict:
     from shards.manifest import sha256_of
 
     digest = sha256_of(weights)[0] if weights else None
-    return {"encoder": tconfig.to_dict(enc), "weights_sha256": digest}
+    encoder = tconfig.to_dict(enc)
+    if enc.head == "plain":  # the pyramid keys do not act: a plain job pinned before they existed still matches
+        for key in ("head", "pyramid_stages", "pyramid_scales"):
+            encoder.pop(key)
+    return {"encoder": encoder, "weights_sha256": digest}
 
 
 class ShardExtractor:
@@ -245,7 +249,8 @@ def run(shards: str, out: str, cfg: ExtractConfig, local: bool = False, log=prin
         skipped = Counter()
         for e in entries:
             skipped.update(e.get("skipped") or {})
-        source = f"{cfg.encoder.kind} features of {m.url} ({m.source})"
+        head = "" if cfg.encoder.head == "plain" else f" {cfg.encoder.head}"
+        source = f"{cfg.encoder.kind}{head} features of {m.url} ({m.source})"
         if cfg.format == "embeddings":
             from shards.embeddings import EmbeddingSetWriter
 

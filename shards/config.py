@@ -84,7 +84,10 @@ def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     prepare = getattr(cls, "prepare_config", None)
     if prepare is not None:
-        data = prepare(dict(data))
+        try:
+            data = prepare(dict(data))
+        except ConfigError as e:  # a check of the raw mapping names its key; add the section
+            raise e.under(path) from None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))

@@ -117,7 +117,7 @@ RUN_RANGES = [
     (["method.quantizer.kind=bogus"], "method.quantizer.kind: 'bogus' is not one of 'additive', 'progressive', 'product'"),
     (["method.name=dpq", "method.quantizer.update_every=2"],
      "unknown config key 'update_every' under 'method.quantizer'; known: K, M, end_to_end, feature_epochs, init, "
-     "kind, kmeans_sample, mu, nu, softmax_gamma, tau"),
+     "kind, kmeans_sample, mu, nu, softmax_gamma, tau, top_k"),
     (["method.name=bogus"], "method.name: 'bogus' is not one of 'wsdhq', 'wsdhq_progressive', 'dpq', 'mecoq', 'mopq'"),
     (["training.epochs=0"], "training.epochs: must be >= 1, got 0"),
     (["training.optim.lr=-1"], "training.optim.lr: must be >= 0, got -1.0"),

@@ -124,6 +124,36 @@ def test_another_backbone_into_the_same_output_is_refused(digits, tmp_path):
         run(digits / "query", tmp_path / "q", ExtractConfig(**{**RESNET, "image_size": 48}), local=True, **QUIET)
 
 
+def test_pyramid_head_features_are_stored_as_the_features_and_name_the_job(digits, tmp_path):
+    """encoder.head=pyramid_hybrid: the parameter-free pyramid vector is what features mode reads;
+    the head is part of the job's identity, so plain features are never mixed into the same set."""
+    pyr = EncoderConfig(kind="resnet18", head="pyramid_hybrid", pyramid_stages=[3, 4], pyramid_scales=[1, 2])
+    cfg = ExtractConfig(**{**RESNET, "encoder": pyr})
+    run(digits / "query", tmp_path / "q", cfg, local=True, **QUIET)
+    out = _samples(tmp_path / "q")
+    assert len(out) == 93 and out[0]["feat"].shape == ((256 + 512) * 5 * 2,)
+    assert "resnet18 pyramid_hybrid features of" in Manifest.load(str(tmp_path / "q")).source
+    ex = ShardExtractor(cfg, [])
+    from shards.images import decode_rgb
+    from shards.transforms import eval_pixels
+
+    first = next(iter_samples(Manifest.load(str(digits / "query")).shard_urls()[0]))
+    pix = eval_pixels(decode_rgb(first["image"], "x", min_side=32), 32)[None].copy()
+    np.testing.assert_allclose(out[0]["feat"], ex.features(torch.from_numpy(pix))[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ExtractError, match="already holds features of another job .*encoder"):
+        run(digits / "query", tmp_path / "q", ExtractConfig(**RESNET), local=True, **QUIET)
+
+
+def test_a_plain_job_pinned_before_the_pyramid_keys_existed_still_matches():
+    from eval.extract import backbone_identity
+
+    plain = backbone_identity(ExtractConfig(**RESNET))["encoder"]
+    assert not {"head", "pyramid_stages", "pyramid_scales"} & set(plain)
+    enc = EncoderConfig(kind="resnet18", head="pyramid_hybrid")
+    pyr = backbone_identity(ExtractConfig(**{**RESNET, "encoder": enc}))["encoder"]
+    assert (pyr["head"], pyr["pyramid_stages"], pyr["pyramid_scales"]) == ("pyramid_hybrid", [], [1, 2])
+
+
 @pytest.mark.slow
 def test_lite0_features_of_the_digits_match_the_backbone_run_directly(digits, tmp_path):
     if importlib.util.find_spec("efficientnet_lite_pytorch") is None:

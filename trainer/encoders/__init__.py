@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -17,6 +17,12 @@ from trainer.encoders.backbones import (SmallCNN, external_backbone, load_backbo
                                         read_state_dict, resnet18, resnet50)
 from trainer.encoders.features import FeatureMLP
 from trainer.encoders.heads import TransformHead
+
+
+# How many stages each CNN kind exposes to the pyramid head (len(backbone.stage_channels())), so an
+# out-of-range encoder.pyramid_stages is refused when the config loads, before any model is built.
+PYRAMID_STAGE_COUNTS = {"small_cnn": 3, "resnet18": 5, "resnet50": 5, "efficientnet_lite0": 18,
+                        "efficientnet_lite1": 23, "efficientnet_lite2": 23}
 
 
 @dataclass
@@ -43,6 +49,13 @@ class EncoderConfig:
     dropout: float = 0.0  # mlp dropout; also applied before the transform layer for image backbones
     l2_input: bool = False  # mlp: L2-normalise each input feature vector (pooled backbone features)
     num_classes: int = 0  # >0 adds a classification head on the backbone features (DPQ)
+    # "plain": the backbone's global average pool; "pyramid_hybrid": PHPQ's pyramid hybrid pooling
+    # (trainer.encoders.pyramid) of the maps after ``pyramid_stages`` (indices into the backbone's
+    # stages; [] the backbone's default: Lite [5, 11, 17], ResNet [2, 3, 4], small_cnn [1, 2]),
+    # average and max pooled to s×s grids for each s in ``pyramid_scales``.
+    head: Literal["plain", "pyramid_hybrid"] = "plain"
+    pyramid_stages: list[int] = field(default_factory=list)
+    pyramid_scales: list[int] = field(default_factory=lambda: [1, 2])
 
     def __post_init__(self):
         at_least(self, "width", 1)
@@ -54,6 +67,19 @@ class EncoderConfig:
                 f"must be set (the length of feat.npy) for encoder.kind 'mlp', got {self.in_features}")
         require(self.kind not in ("torchvision", "timm") or bool(self.name), "name",
                 f"must be set (the model's name) for encoder.kind {self.kind!r}")
+        require(self.head == "plain" or self.kind not in ("mlp", "torchvision", "timm"), "head",
+                f"pyramid_hybrid needs the stage maps of a CNN backbone (efficientnet_lite*, resnet18/50, "
+                f"small_cnn), not encoder.kind {self.kind!r}"
+                + (" (features mode: extract pyramid features with eval.extract encoder.head=pyramid_hybrid)"
+                   if self.kind == "mlp" else ""))
+        require(len(set(self.pyramid_stages)) == len(self.pyramid_stages) and min(self.pyramid_stages, default=0) >= 0,
+                "pyramid_stages", f"distinct stage indices >= 0, got {self.pyramid_stages}")
+        n = PYRAMID_STAGE_COUNTS.get(self.kind)
+        require(self.head == "plain" or n is None or max(self.pyramid_stages, default=0) < n, "pyramid_stages",
+                f"{self.pyramid_stages} out of range: encoder.kind {self.kind!r} has stages 0..{(n or 1) - 1}")
+        require(bool(self.pyramid_scales) and min(self.pyramid_scales) >= 1
+                and len(set(self.pyramid_scales)) == len(self.pyramid_scales),
+                "pyramid_scales", f"distinct grid sizes >= 1, got {self.pyramid_scales}")
 
 
 class Encoder(nn.Module):
@@ -82,6 +108,16 @@ class Encoder(nn.Module):
 
 
 def build_backbone(cfg: EncoderConfig) -> nn.Module:
+    """The backbone of ``cfg.kind``, wrapped in the pyramid hybrid pooling when ``cfg.head`` asks."""
+    backbone = _backbone(cfg)
+    if cfg.head == "pyramid_hybrid":
+        from trainer.encoders.pyramid import PyramidHybridPool
+
+        return PyramidHybridPool(backbone, cfg.pyramid_stages, cfg.pyramid_scales)
+    return backbone
+
+
+def _backbone(cfg: EncoderConfig) -> nn.Module:
     if cfg.kind == "small_cnn":
         return SmallCNN(cfg.width)
     if cfg.kind == "mlp":

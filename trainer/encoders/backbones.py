@@ -12,6 +12,19 @@ import torch
 from torch import nn
 
 
+def run_stages(groups: list, x: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
+    """Run the stage ``groups`` (each a sequence of modules) up to the last index in ``stages``; the
+    map after each listed stage, in the order listed."""
+    if not stages or min(stages) < 0 or max(stages) >= len(groups):
+        raise ValueError(f"encoder.pyramid_stages: {list(stages)} out of range 0..{len(groups) - 1}")
+    out = {}
+    for i, group in enumerate(groups[:max(stages) + 1]):
+        for m in group:
+            x = m(x)
+        out[i] = x
+    return [out[s] for s in stages]
+
+
 class SmallCNN(nn.Module):
     """Three conv blocks + global average pool; trains in minutes on 2 CPUs on 32x32 images."""
 
@@ -27,6 +40,17 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def stage_channels(self) -> list[int]:
+        """Channels after each conv block (the stages of ``stage_maps``)."""
+        return [m.num_features for m in self.features if isinstance(m, nn.BatchNorm2d)]
+
+    def default_pyramid_stages(self) -> list[int]:
+        return [1, 2]
+
+    def stage_maps(self, x: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
+        """The maps after the listed conv blocks (each conv, BN, ReLU, max-pool), in that order."""
+        return run_stages([self.features[i:i + 4] for i in range(0, 12, 4)], x, stages)
 
 
 class BasicBlock(nn.Module):
@@ -105,6 +129,19 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def stage_channels(self) -> list[int]:
+        """Channels after the stem (conv1 .. maxpool) and after layer1 .. layer4."""
+        e = self.layer1[0].expansion
+        return [64, 64 * e, 128 * e, 256 * e, 512 * e]
+
+    def default_pyramid_stages(self) -> list[int]:
+        return [2, 3, 4]  # layer2 .. layer4 (stride 8, 16, 32)
+
+    def stage_maps(self, x: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
+        """The maps after the listed stages (0 the stem, 1..4 layer1..layer4), in that order."""
+        stem = [self.conv1, self.bn1, self.relu, self.maxpool]
+        return run_stages([stem, [self.layer1], [self.layer2], [self.layer3], [self.layer4]], x, stages)
 
 
 def resnet18(num_classes: int = 0) -> ResNet:

@@ -117,6 +117,37 @@ class EfficientNetLite(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable != 0):  # frozen: no graph
             return self.net._avg_pooling(self.features_map(x)).flatten(1)
 
+    def stage_channels(self) -> list[int]:
+        """Channels after each of ``stages()``: stem, every MBConv block, head conv."""
+        n = self.net
+        return [n._bn0.num_features, *(b._bn2.num_features for b in n._blocks), n._bn1.num_features]
+
+    def default_pyramid_stages(self) -> list[int]:
+        """The last stage at each of the two finest-but-last resolutions (stride 8 and 16) and the
+        head conv: [5, 11, 17] on Lite0 (40, 112 and 1280 channels at 28², 14² and 7² for 224²)."""
+        blocks = self.net._blocks
+        ends = [i for i in range(len(blocks)) if max(blocks[i]._depthwise_conv.stride) > 1]  # stage i ends a size
+        return [*ends[-2:], len(blocks) + 1]
+
+    def stage_maps(self, x: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
+        """The maps after the listed ``stages()`` (indices), in that order; the forward pass of
+        ``extract_features`` (drop-connect schedule included), stopped after the last one asked."""
+        n, want = self.net, set(stages)
+        top = len(n._blocks) + 1
+        if not want or min(want) < 0 or max(want) > top:
+            raise ValueError(f"encoder.pyramid_stages: {sorted(want)} out of range 0..{top}")
+        out = {}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable != 0):  # frozen: no graph
+            x = n._swish(n._bn0(n._conv_stem(x * self.in_scale + self.in_shift)))
+            out[0] = x
+            for i, block in enumerate(n._blocks[:max(want)]):
+                rate = n._global_params.drop_connect_rate
+                x = block(x, drop_connect_rate=rate * float(i) / len(n._blocks) if rate else rate)
+                out[i + 1] = x
+            if top in want:
+                out[top] = n._swish(n._bn1(n._conv_head(x)))
+        return [out[s] for s in stages]
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net._fc(self.forward(x))
 

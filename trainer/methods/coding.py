@@ -167,7 +167,7 @@ class ProgressiveCoding(GradientCoding):
 
     def __init__(self, cfg: ProgressiveConfig, dim: int, V: torch.Tensor, space: str, seed: int):
         self.cfg, self.seed = cfg, seed
-        self.quantizer = ProgressiveQuantizer(dim, cfg.M, cfg.K, cfg.softmax_gamma, seed=seed)
+        self.quantizer = ProgressiveQuantizer(dim, cfg.M, cfg.K, cfg.softmax_gamma, seed=seed, top_k=cfg.top_k)
         self.generator = torch.Generator().manual_seed(seed)  # unused by this kind; checkpointed alike
         self.updates = 0
 
@@ -205,7 +205,7 @@ class ProductCoding(GradientCoding):
 
     def __init__(self, cfg: ProductConfig, dim: int, V: torch.Tensor, space: str, seed: int):
         self.cfg, self.seed = cfg, seed
-        self.quantizer = ProductQuantizer(dim, cfg.M, cfg.K, cfg.alpha, seed=seed)
+        self.quantizer = ProductQuantizer(dim, cfg.M, cfg.K, cfg.alpha, seed=seed, top_k=cfg.top_k)
         self.generator = torch.Generator().manual_seed(seed)  # unused by this kind; checkpointed alike
         self.updates = 0
 

@@ -122,9 +122,13 @@ class ProgressiveConfig:
     # methods, random for DPQ).
     init: Literal["auto", "kmeans", "random"] = "auto"
     kmeans_sample: int = 20000  # rows per rank gathered for the k-means start
+    # PHPQ's partial codebook attention: the soft assignment keeps each residual's top_k codeword
+    # logits (the rest -inf before the softmax); 0 (or K): the full softmax. Hard path unchanged.
+    top_k: int = 0
 
     def __post_init__(self):
         _check_code(self)
+        _check_top_k(self)
         for key in ("tau", "mu", "nu", "feature_epochs"):
             at_least(self, key, 0)
         require(self.softmax_gamma > 0, "softmax_gamma", f"must be > 0, got {self.softmax_gamma!r}")
@@ -146,9 +150,14 @@ class ProductConfig:
     init: Literal["auto", "kmeans", "random"] = "auto"
     kmeans_epoch: int = 1  # epochs of contrastive training before the k-means start
     kmeans_sample: int = 20000  # rows per rank gathered for the k-means start
+    # PHPQ's partial codebook attention: each block's soft assignment keeps its top_k codeword
+    # logits (the rest -inf before the softmax); 0 (or K): the full softmax. The straight-through
+    # hard path's forward is unchanged (its argmax is always kept).
+    top_k: int = 0
 
     def __post_init__(self):
         _check_code(self)
+        _check_top_k(self)
         require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha!r}")
         at_least(self, "kmeans_epoch", 1)
         require(self.kmeans_sample >= self.K, "kmeans_sample",
@@ -223,6 +232,11 @@ def _check_code(cfg) -> None:
     within(cfg, "K", 1, 256)  # codes are uint8
 
 
+def _check_top_k(cfg) -> None:
+    require(0 <= cfg.top_k <= cfg.K, "top_k",
+            f"the codewords each soft assignment keeps: 0 (all) to K ({cfg.K}), got {cfg.top_k}")
+
+
 @dataclass
 class MethodConfig:
     name: Literal["wsdhq", "wsdhq_progressive", "dpq", "mecoq", "mopq"] = "wsdhq"
@@ -243,6 +257,12 @@ class MethodConfig:
             q = data.get(section)
             if spec is not None and (q is None or (isinstance(q, dict) and "kind" not in q)):
                 data[section] = {"kind": kind, **(q or {})}
+        q = data.get("quantizer")
+        if isinstance(q, dict) and q.get("kind") == "additive" and "top_k" in q:
+            raise ConfigError("partial codebook attention restricts a soft assignment; the "
+                              "additive quantizer has none (ICM codes, least-squares codebooks): use it with "
+                              "quantizer.kind=progressive or product (wsdhq_progressive, dpq, mecoq, mopq)",
+                              "quantizer.top_k")
         return data
 
     @property

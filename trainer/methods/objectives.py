@@ -119,7 +119,9 @@ class MeCoQObjective:
         use_memory = cfg.memory_size > 0 and epoch >= cfg.memory_epoch and len(self.memory) > 0
         memory = q.reconstruct(self.memory.to(soft.device)) if use_memory else None
         l_con = debiased_contrastive(z1, z2, memory, cfg.temperature, cfg.pos_prior if cfg.debias else None)
-        l_ent = -torch.special.xlogy(p, p).sum(-1).mean()
+        # p log p with log clamped at the smallest normal: the same value, and a finite gradient
+        # where p is exactly 0 (partial codebook attention, quantizer.top_k), where xlogy's is NaN
+        l_ent = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1).mean()
         C = q.normalized()
         l_cw = torch.einsum("mkd,mjd->mkj", C, C).mean()
         total = l_con + cfg.entropy_weight * l_ent + cfg.codeword_weight * l_cw

@@ -31,6 +31,17 @@ def as_float_tensor(x: Any, name: str = "x", dtype: torch.dtype | None = None) -
     return t if dtype is None else t.to(dtype)
 
 
+def top_k_softmax(logits: torch.Tensor, k: int = 0) -> torch.Tensor:
+    """Softmax over the last axis restricted to each row's ``k`` largest logits (PHPQ's partial
+    codebook attention): the rest are masked to -inf, so their probabilities are exactly 0 and no
+    gradient reaches them. ``k`` <= 0 or >= the axis length: the full softmax, bit for bit. Exactly
+    k entries are kept (ties broken by ``topk``)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return torch.softmax(logits, dim=-1)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+    return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+
+
 def as_codes(codes: Any, M: int, K: int) -> torch.Tensor:
     """Codes as int64 (N, m) with m <= M and every value < K."""
     c = torch.as_tensor(codes)

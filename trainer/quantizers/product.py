@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, as_float_tensor, check_code_shape
+from .base import Quantizer, as_float_tensor, check_code_shape, top_k_softmax
 from .kmeans import kmeans
 
 
@@ -39,14 +39,17 @@ class ProductQuantizer(nn.Module, Quantizer):
 
     kind = "product"
 
-    def __init__(self, dim: int, M: int = 4, K: int = 256, alpha: float = 10.0, seed: int = 0):
+    def __init__(self, dim: int, M: int = 4, K: int = 256, alpha: float = 10.0, seed: int = 0,
+                 top_k: int = 0):
         """``dim`` D split into ``M`` blocks of ``K`` codewords; ``alpha`` the soft assignment's
-        inverse temperature on cosines (MeCoQ: 10). Codewords start as normalised Gaussians."""
+        inverse temperature on cosines (MeCoQ: 10); ``top_k`` > 0 restricts it to each block's
+        top-k codewords (PHPQ's partial codebook attention). Codewords start as normalised Gaussians."""
         super().__init__()
         check_code_shape(M, K)
         if dim < M:
             raise ValueError(f"need M <= dim for M blocks of dimensions, got M={M}, dim={dim}")
         self.alpha = float(alpha)
+        self.top_k = int(top_k)
         self.register_buffer("masks", block_masks(dim, M), persistent=False)
         g = torch.Generator().manual_seed(seed)
         self.weight = nn.Parameter(torch.randn(M, K, dim, generator=g) * self.masks[:, None, :])
@@ -79,7 +82,7 @@ class ProductQuantizer(nn.Module, Quantizer):
             raise ValueError(f"x: expected (B, {self.D}), got {tuple(x.shape)}")
         C = self.normalized()
         sim = self.similarities(x, C)
-        probs = torch.softmax(self.alpha * sim, dim=-1)
+        probs = top_k_softmax(self.alpha * sim, self.top_k)  # the argmax is always among the kept
         b = sim.argmax(-1)
         onehot = F.one_hot(b, self.K).to(probs.dtype)
         st = onehot + probs - probs.detach()  # value: one-hot; gradient: the soft assignment's
@@ -107,7 +110,7 @@ class ProductQuantizer(nn.Module, Quantizer):
         return self
 
     def _params(self) -> dict:
-        return {"alpha": self.alpha}
+        return {"alpha": self.alpha, "top_k": self.top_k}
 
     def _arrays(self) -> dict[str, torch.Tensor]:
         # the free parameter, so a loaded quantizer's normalised codewords are bit-identical (a
@@ -118,7 +121,7 @@ class ProductQuantizer(nn.Module, Quantizer):
     def _from_params(cls, params: dict, codebooks: torch.Tensor,
                      arrays: dict[str, torch.Tensor] | None = None) -> "ProductQuantizer":
         M, K, D = codebooks.shape
-        q = cls(D, M, K, float(params["alpha"]))
+        q = cls(D, M, K, float(params["alpha"]), top_k=int(params.get("top_k", 0)))
         with torch.no_grad():
             q.weight.copy_((arrays or {}).get("weight", codebooks).to(q.weight.dtype))
         if not torch.allclose(q.codebooks, codebooks.to(q.weight.dtype), atol=1e-5):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, as_float_tensor, check_code_shape
+from .base import Quantizer, as_float_tensor, check_code_shape, top_k_softmax
 from .kmeans import kmeans
 
 
@@ -43,14 +43,17 @@ class ProgressiveQuantizer(nn.Module, Quantizer):
     kind = "progressive"
 
     def __init__(self, dim: int, M: int = 4, K: int = 256, gamma: float = 1.0,
-                 init_std: float = 0.01, seed: int = 0):
+                 init_std: float = 0.01, seed: int = 0, top_k: int = 0):
         """``M`` levels of ``K`` codewords in ``dim`` D; ``gamma`` the soft path's softmax
-        temperature; codebooks start ~ N(0, ``init_std``²) (DPQ's), or from ``fit``."""
+        temperature; ``top_k`` > 0 restricts the soft path to each residual's top-k codewords
+        (PHPQ's partial codebook attention; the hard path is unchanged); codebooks start
+        ~ N(0, ``init_std``²) (DPQ's), or from ``fit``."""
         super().__init__()
         check_code_shape(M, K)
         g = torch.Generator().manual_seed(seed)
         self.codebooks = nn.Parameter(torch.randn(M, K, dim, generator=g) * init_std)
         self.gamma = gamma
+        self.top_k = int(top_k)
 
     def forward(self, x: torch.Tensor) -> ProgressiveOutput:
         """Soft and hard cumulative reconstructions for every level, and the hard codes.
@@ -67,7 +70,7 @@ class ProgressiveQuantizer(nn.Module, Quantizer):
             sim = F.normalize(r, dim=1) @ F.normalize(C, dim=1).T
             b = sim.argmax(1)
             q_h = C[b]
-            soft_sum = soft_sum + torch.softmax(self.gamma * sim, dim=1) @ C
+            soft_sum = soft_sum + top_k_softmax(self.gamma * sim, self.top_k) @ C
             hard_sum = hard_sum + q_h
             soft.append(soft_sum)
             hard.append(hard_sum)
@@ -109,13 +112,13 @@ class ProgressiveQuantizer(nn.Module, Quantizer):
         return self
 
     def _params(self) -> dict:
-        return {"gamma": self.gamma}
+        return {"gamma": self.gamma, "top_k": self.top_k}
 
     @classmethod
     def _from_params(cls, params: dict, codebooks: torch.Tensor,
                      arrays: dict[str, torch.Tensor] | None = None) -> "ProgressiveQuantizer":
         L, K, D = codebooks.shape
-        q = cls(D, L, K, float(params["gamma"]))
+        q = cls(D, L, K, float(params["gamma"]), top_k=int(params.get("top_k", 0)))
         with torch.no_grad():
             q.codebooks.copy_(codebooks.to(q.codebooks.dtype))
         return q
