@@ -145,7 +145,12 @@ class ProductConfig:
     # project's choice for short runs on few images); "random": normalised Gaussian codewords only.
     init: Literal["auto", "kmeans", "random"] = "auto"
     kmeans_epoch: int = 1  # epochs of contrastive training before the k-means start
-    kmeans_sample: int = 20000  # rows per rank gathered for the k-means start
+    kmeans_sample: int = 20000  # rows per rank gathered for the k-means start (and the refit)
+    # After the last epoch, re-estimate the codebooks once by spherical k-means per block on the
+    # trained encoder's training embeddings (the same fit as the start). The contrastive loss trains
+    # the encoder through soft codes that stay diffuse, so the gradient-trained codewords lag the
+    # embeddings the hard codes are taken from; measured in docs/results.md (MeCoQ section).
+    refit: bool = False
 
     def __post_init__(self):
         _check_code(self)
