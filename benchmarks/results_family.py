@@ -2,16 +2,18 @@
 beside faiss PQ / OPQ on the same features and WSDHQ on the same tags.
 
     .venv/bin/python -m benchmarks.results_family --features runs/rb/lite0 --tags runs/rb/tags \
-        [--out runs/results_family] [--seeds 0 1 2] [--bits 8 16 32] [--models mecoq mopq wsdhq]
+        [--out runs/results_family] [--seeds 0 1 2] [--bits 8 16 32] [--models mecoq mecoq_untagged mopq wsdhq]
 
 ``--features`` is the feature shard set ``benchmarks.results_backbone`` extracts (``python -m
 eval.extract``; train / query / database, the split of docs/results.md), ``--tags`` its tag semantics
 (``python -m trainer.tags build-matrix``); both are only read. Per seed, length and model it runs the
 product's own commands, printed and appended to ``<out>/commands.txt``: ``python -m trainer.train
 --config configs/mirflickr_lite0.yaml`` (the Ray Train loop in local mode), ``python -m eval.encode
---local`` and ``python -m eval.evaluate``; the MeCoQ runs' evaluations also train faiss PQ and OPQ on
-the same (L2-normalised) features, raw and after PCA-64, read by inner product (AQD) like the
-project's codes. Cost per epoch is the training loop's own ``epoch_seconds`` (mean over epochs after
+--local`` and ``python -m eval.evaluate``; the MeCoQ runs' evaluations also train faiss PQ, OPQ,
+RQ and LSQ on the L2-normalised input features of MeCoQ's own training split (``mecoq``: the tagged
+training images; ``mecoq_untagged``: those plus the untagged images, i.e. the database split, see
+``untagged_train_set``), raw and after PCA-64, read by inner product (AQD) like the project's codes
+(``tagless_table``). Cost per epoch is the training loop's own ``epoch_seconds`` (mean over epochs after
 the first) from ``final/metrics.json``. A model whose report.json exists is not run again.
 """
 from __future__ import annotations
