@@ -36,6 +36,7 @@ def preflight(cfg: RunConfig) -> dict:
     from shards import storage
     from shards.manifest import Manifest, check_shards
     from shards.reader import ReaderError, SlotPlan, train_batches
+    from trainer.methods.method import reads_embeddings
     from trainer.quantizers.kmeans import require_faiss
     from trainer.tags import TagSemantics
 
@@ -75,7 +76,8 @@ def preflight(cfg: RunConfig) -> dict:
         tags = TagSemantics.load(cfg.data.tags)
     except (OSError, ValueError) as e:
         raise InputError(f"data.tags: cannot load the tag semantics artifact at {cfg.data.tags}: {e}") from None
-    if cfg.method.spec.supervision == "tags" and cfg.method.embed_dim not in (0, tags.dim):  # 0: the artifact's
+    if (cfg.method.spec.supervision == "tags" and reads_embeddings(cfg.method)
+            and cfg.method.embed_dim not in (0, tags.dim)):  # 0: the artifact's
         raise ConfigError(f"method.embed_dim={cfg.method.embed_dim} but the tag embeddings in {cfg.data.tags} "
                           f"are {tags.dim}-dimensional; set method.embed_dim={tags.dim} or leave it out")
     if storage.is_s3(cfg.storage.path):

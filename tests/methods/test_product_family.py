@@ -194,3 +194,45 @@ def test_mecoq_method_trains_on_two_views_and_its_memory_travels_in_the_state_di
     again.load_state_dict(state)
     assert torch.equal(again.objective.memory, m.objective.memory)
     assert torch.equal(again.encode(x), m.encode(x))
+
+
+def test_product_coding_refit_runs_after_the_last_epoch_and_leaves_the_kmeans_centroids():
+    """``quantizer.refit``: a second spherical k-means after the last epoch (besides the start after
+    ``kmeans_epoch``), whose centroids replace the gradient-trained codewords. Two well-separated
+    pairs of rows per block: the centroids are the (unit) rows themselves, so the codes are known."""
+    enc = from_dict(EncoderConfig, {"kind": "mlp", "in_features": 16, "hidden": 0}, "encoder")
+    plain = build_method(method_config("mecoq", M=2, K=2, kmeans_epoch=2, embed_dim=4), enc,
+                         np.zeros((3, 4), np.float32))
+    m = build_method(method_config("mecoq", M=2, K=2, kmeans_epoch=2, embed_dim=4, refit=True), enc,
+                     np.zeros((3, 4), np.float32))
+    assert [e for e in range(5) if plain.needs_codebook_update(e, 5)] == [1]
+    assert [e for e in range(5) if m.needs_codebook_update(e, 5)] == [1, 4]
+    assert [e for e in range(1) if m.needs_codebook_update(e, 1)] == [0]  # a 1-epoch run: the refit only
+    x = torch.tensor([[2.0, 0, 0, 3], [2, 0, 0, 3], [0, 5, 1, 0], [0, 5, 1, 0]])
+    info = m.codebook_update(x, epoch=4)
+    assert (info["codebook_updates"], info["samples"]) == (1, 4)
+    C = m.quantizer.codebooks
+    assert sorted(map(tuple, C[0, :, :2].round(decimals=5).tolist())) == [(0.0, 1.0), (1.0, 0.0)]
+    assert sorted(map(tuple, C[1, :, 2:].round(decimals=5).tolist())) == [(0.0, 1.0), (1.0, 0.0)]
+    assert C[0, :, 2:].abs().max() == 0 and C[1, :, :2].abs().max() == 0  # block-diagonal still
+    codes = m.quantizer.encode(x)
+    assert codes[0].tolist() == codes[1].tolist() and codes[2].tolist() == codes[3].tolist()
+    assert (codes[0] != codes[2]).all()
+    assert torch.allclose(m.quantizer.decode(codes[:1]), torch.tensor([[1.0, 0, 0, 1]]))
+    assert from_dict(MethodConfig, {"name": "mecoq"}, "method").quantizer.refit is False
+
+
+def test_tagless_objectives_take_any_embed_dim_and_the_tag_readers_refuse_a_mismatch():
+    """MeCoQ and MoPQ with view keys never compare f with the tag embeddings V, so
+    ``method.embed_dim`` is free; every objective that reads V still needs V's dimension."""
+    enc = from_dict(EncoderConfig, {"kind": "mlp", "in_features": 16, "hidden": 0}, "encoder")
+    V = np.zeros((3, 8), np.float32)
+    m = build_method(method_config("mecoq", M=2, K=4, embed_dim=4), enc, V)
+    assert m.quantizer.D == 4 and m.embed(torch.randn(5, 16)).shape == (5, 4)
+    views = from_dict(MethodConfig, {"name": "mopq", "embed_dim": 4, "loss": {"keys": "views"},
+                                     "quantizer": {"M": 2, "K": 4}}, "method")
+    assert build_method(views, enc, V).quantizer.D == 4
+    tags = from_dict(MethodConfig, {"name": "mopq", "embed_dim": 4, "quantizer": {"M": 2, "K": 4}}, "method")
+    for cfg in (tags, method_config("wsdhq", M=2, K=4, embed_dim=4)):
+        with pytest.raises(ValueError, match=r"method.embed_dim=4 but the tag/label embeddings have shape \(3, 8\)"):
+            build_method(cfg, enc, V)

@@ -61,6 +61,31 @@ def test_mopq_trains_through_the_loop_and_exports_codes_the_quantizer_reproduces
     assert torch.equal(model.quantizer.weight.detach(), pq_weight)
 
 
+def test_mecoq_refit_through_the_loop_leaves_the_kmeans_centroids_of_the_final_embeddings(digits_features,
+                                                                                       tmp_path):
+    """``quantizer.refit``: the k-means start after epoch 1 and the refit after the last epoch (2
+    updates, both on the 480 training rows); the exported codebooks are the spherical k-means of the
+    final encoder's embeddings of the training set, in index order (what the loop gathers)."""
+    from shards.manifest import Manifest
+    from shards.reader import iter_set
+    from trainer.inference import load_inference
+    from trainer.quantizers import ProductQuantizer
+
+    cfg = run_config(digits_features, tmp_path, "refit", "method.name=mecoq",
+                     "method.quantizer={M: 2, K: 16, kmeans_epoch: 1, refit: true}",
+                     "method.loss={memory_size: 100, memory_epoch: 1}", "training.epochs=2")
+    assert build_trainer(cfg).fit().error is None
+    state = _final_state(tmp_path, "refit")
+    assert state.method_state["coding"]["updates"] == 2
+    assert [m["codebook_samples"] for m in state.state.metrics] == [480, 480]
+    model = load_inference(str(tmp_path / "refit" / "final"))
+    x = torch.stack([torch.as_tensor(s["feat"]) for s in iter_set(Manifest.load(digits_features["train"]),
+                                                                  fields=["feat.npy"])]).float()
+    assert len(x) == 480
+    expected = ProductQuantizer(model.quantizer.D, 2, 16).fit(model.embed(x), cfg.method.seed)
+    assert torch.allclose(model.quantizer.codebooks, expected.codebooks, atol=1e-5)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_mopq_on_two_ray_workers_sees_twice_the_negatives_of_one(ray_local, digits_features, tmp_path):

@@ -213,11 +213,15 @@ class ProductCoding(GradientCoding):
         return None, {}
 
     def needs_update(self, epoch: int, epochs: int | None) -> bool:
-        return self.cfg.init == "kmeans" and self.updates == 0 and epoch + 1 == self.cfg.kmeans_epoch
+        """The k-means start after ``kmeans_epoch`` epochs; with ``refit``, again after the last one."""
+        start = self.cfg.init == "kmeans" and self.updates == 0 and epoch + 1 == self.cfg.kmeans_epoch
+        return start or (self.cfg.refit and epochs is not None and epoch + 1 == epochs)
 
     def update(self, embeddings: torch.Tensor, index: torch.Tensor, collectives: Collectives,
                epoch: int) -> dict[str, Any]:
-        """Spherical k-means per block on the gathered sample (the same on every rank)."""
+        """Spherical k-means per block on the gathered sample (the same on every rank): the start,
+        or the final refit, which replaces the gradient-trained codewords by the k-means centroids
+        of the trained encoder's embeddings (the codes the database gets are then k-means codes)."""
         return self.kmeans_start(embeddings, index, collectives)
 
 

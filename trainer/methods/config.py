@@ -149,11 +149,16 @@ class ProductConfig:
     # project's choice for short runs on few images); "random": normalised Gaussian codewords only.
     init: Literal["auto", "kmeans", "random"] = "auto"
     kmeans_epoch: int = 1  # epochs of contrastive training before the k-means start
-    kmeans_sample: int = 20000  # rows per rank gathered for the k-means start
+    kmeans_sample: int = 20000  # rows per rank gathered for the k-means start (and the refit)
     # PHPQ's partial codebook attention: each block's soft assignment keeps its top_k codeword
     # logits (the rest -inf before the softmax); 0 (or K): the full softmax. The straight-through
     # hard path's forward is unchanged (its argmax is always kept).
     top_k: int = 0
+    # After the last epoch, re-estimate the codebooks once by spherical k-means per block on the
+    # trained encoder's training embeddings (the same fit as the start). The contrastive loss trains
+    # the encoder through soft codes that stay diffuse, so the gradient-trained codewords lag the
+    # embeddings the hard codes are taken from; measured in docs/results.md (MeCoQ section).
+    refit: bool = False
 
     def __post_init__(self):
         _check_code(self)

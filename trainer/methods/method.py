@@ -220,13 +220,21 @@ def label_embeddings(num_labels: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(rows.astype(np.float32))
 
 
+def reads_embeddings(cfg: MethodConfig) -> bool:
+    """Whether the objective compares the image embedding with the tag / label embeddings V (so
+    ``method.embed_dim`` must be V's dimension). The tagless objectives (MeCoQ, MoPQ with
+    ``keys=views``) train on views only; their embedding dimension is free."""
+    kind = cfg.loss.kind
+    return not (kind == "mecoq" or (kind == "mopq" and cfg.loss.keys == "views"))
+
+
 def build_method(cfg: MethodConfig, encoder_cfg: EncoderConfig, V) -> Method:
     """Build a method; ``V`` is (T, embed_dim): ``TagSemantics.embeddings`` for tag-supervised
     methods, label embeddings for DPQ (``label_embeddings`` by default). Errors name the config key."""
     V = torch.as_tensor(np.asarray(V, dtype=np.float32))
     if V.ndim == 2 and cfg.embed_dim == 0:
         cfg = dataclasses.replace(cfg, embed_dim=V.shape[1])
-    if V.ndim != 2 or V.shape[1] != cfg.embed_dim:
+    if V.ndim != 2 or (reads_embeddings(cfg) and V.shape[1] != cfg.embed_dim):
         raise ValueError(f"method.embed_dim={cfg.embed_dim} but the tag/label embeddings have shape "
                          f"{tuple(V.shape)}; set method.embed_dim to their dimension")
     if cfg.spec.classifier:
