@@ -271,6 +271,49 @@ def _check_codes_from(checkpoint: str, manifest: dict, what: str) -> None:
                               f"{checkpoint}: rankings need the codes of the model that embeds the queries")
 
 
+def queries_digest(x: torch.Tensor) -> str:
+    """sha256 of the query tensor's bytes: the cache key's record of exactly which pixels were attacked."""
+    import hashlib
+
+    return hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def adversarial_queries(model, checkpoint: str, x: torch.Tensor, cfg: RobustnessConfig, eps: float,
+                        cache: str | None = None, digest: str | None = None, log=print) -> torch.Tensor:
+    """The attack at ``eps`` on every query, batch by batch. With ``cache`` (a directory, local or
+    s3://) an identical attack is read back instead of re-run: the key covers the checkpoint's files
+    (sha256), the query pixels, the attack settings, the batch (the random start is drawn per batch)
+    and the device. A white-box report on model A and a transfer report crafted on A then share
+    one attack, which on a CPU is most of their cost."""
+    def compute() -> torch.Tensor:
+        return torch.cat([attack(model, x[i:i + cfg.batch_size], cfg.attack(eps)) for i in range(0, len(x), cfg.batch_size)])
+
+    if not cache:
+        return compute()
+    import hashlib
+    import io
+    from dataclasses import asdict
+
+    from eval.encode import checkpoint_identity
+    from shards import storage
+
+    key = {"checkpoint_sha256": checkpoint_identity(checkpoint)["sha256"], "queries": digest or queries_digest(x),
+           "attack": asdict(cfg.attack(eps)), "batch_size": cfg.batch_size, "device": x.device.type}
+    url = storage.join(cache, "adv-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24] + ".pt")
+    if storage.exists(url):
+        adv = torch.load(io.BytesIO(storage.read_bytes(url)), map_location=x.device, weights_only=True)
+        if not isinstance(adv, torch.Tensor) or adv.shape != x.shape:
+            raise RobustnessError(f"--adversarial-cache {url}: holds {getattr(adv, 'shape', type(adv))}, not the "
+                                  f"{tuple(x.shape)} queries its key names; delete it")
+        log(f"  eps {eps:g}/255 on {checkpoint}: read back from {url}")
+        return adv
+    adv = compute()
+    buf = io.BytesIO()
+    torch.save(adv.cpu(), buf)
+    storage.write_bytes(url, buf.getvalue())
+    return adv
+
+
 def _scores(model, x, db, ql, dl, cfg, clean=None) -> tuple[dict, tuple]:
     ids, codes = ranking(model, x, db.codes, cfg.top_k, cfg.batch_size)
     row = {"mAP": {c: retrieval_map(ids, ql, dl, c) for c in ("skip", "zero")}}
@@ -313,9 +356,11 @@ def grid_png(x_clean: torch.Tensor, x_adv: torch.Tensor, keys: list[str], ids_cl
 
 
 def run(checkpoint: str, query_shards: str, database_codes: str, cfg: RobustnessConfig,
-        source_checkpoint: str | None = None, log=print, database_shards: str | None = None) -> dict:
+        source_checkpoint: str | None = None, log=print, database_shards: str | None = None,
+        adversarial_cache: str | None = None) -> dict:
     """Clean, white-box and (with ``source_checkpoint``) transfer mAP against ε; the result dict
-    (with ``database_shards``, ``grid_png`` holds the grid's PNG bytes, which ``write`` stores)."""
+    (with ``database_shards``, ``grid_png`` holds the grid's PNG bytes, which ``write`` stores;
+    ``adversarial_cache``: see ``adversarial_queries``)."""
     from eval.codes import label_matrix, load_code_set
     from trainer.inference import load_inference
 
@@ -341,8 +386,9 @@ def run(checkpoint: str, query_shards: str, database_codes: str, cfg: Robustness
            "database_codes": database_codes, "queries": len(keys), "database": len(db),
            "queries_without_labels": sum(not ls for ls in labels), "config": _config_dict(cfg),
            "top_k": min(cfg.top_k, len(db)), "clean": clean_row, "white_box": [], "transfer": []}
+    digest = queries_digest(x) if adversarial_cache else None
     for eps in cfg.eps:
-        adv = torch.cat([attack(model, x[i:i + cfg.batch_size], cfg.attack(eps)) for i in range(0, len(x), cfg.batch_size)])
+        adv = adversarial_queries(model, checkpoint, x, cfg, eps, adversarial_cache, digest, log)
         row, (ids_adv, _) = _scores(model, adv, db, ql, dl, cfg, clean)
         if database_shards and eps == max(cfg.eps):
             from eval.metrics import relevance
@@ -355,8 +401,7 @@ def run(checkpoint: str, query_shards: str, database_codes: str, cfg: Robustness
         out["white_box"].append({"eps": eps, **row})
         log(f"  white-box eps {eps}/255: mAP {row['mAP']['zero']:.4f} (clean {clean_row['mAP']['zero']:.4f})")
         if source is not None:
-            adv = torch.cat([attack(source, x[i:i + cfg.batch_size], cfg.attack(eps))
-                             for i in range(0, len(x), cfg.batch_size)])
+            adv = adversarial_queries(source, source_checkpoint, x, cfg, eps, adversarial_cache, digest, log)
             row, _ = _scores(model, adv, db, ql, dl, cfg, clean)
             out["transfer"].append({"eps": eps, **row})
             log(f"  transfer  eps {eps}/255: mAP {row['mAP']['zero']:.4f}")
@@ -430,8 +475,9 @@ def write(r: dict, out: str) -> None:
 
 
 def _job(args: tuple) -> dict:
-    checkpoint, query_shards, database_codes, cfg, source, database_shards = args
-    return run(checkpoint, query_shards, database_codes, cfg, source, database_shards=database_shards)
+    checkpoint, query_shards, database_codes, cfg, source, database_shards, cache = args
+    return run(checkpoint, query_shards, database_codes, cfg, source, database_shards=database_shards,
+               adversarial_cache=cache)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source-checkpoint", help="black-box transfer: craft the queries on this model")
     p.add_argument("--database-shards", help="the database's shard set: adds grid.png (clean vs perturbed "
                                              "queries and their top results)")
+    p.add_argument("--adversarial-cache", help="directory (or s3://) keeping each attack's perturbed queries: "
+                                               "an identical attack (same checkpoint files, query pixels, settings, "
+                                               "batch, device) is read back, e.g. A's white-box run and a transfer "
+                                               "run crafted on A")
     p.add_argument("--config", help="YAML with RobustnessConfig fields")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eps=[2,4,8] steps=10 max_queries=100")
@@ -452,10 +502,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = tconfig.load(RobustnessConfig, a.config, a.overrides)
-        args = (a.checkpoint, a.query_shards, a.database_codes, cfg, a.source_checkpoint, a.database_shards)
+        args = (a.checkpoint, a.query_shards, a.database_codes, cfg, a.source_checkpoint, a.database_shards,
+                a.adversarial_cache)
         if a.local:
             r = run(*args[:4], source_checkpoint=a.source_checkpoint, log=lambda s: print(s, flush=True),
-                    database_shards=a.database_shards)
+                    database_shards=a.database_shards, adversarial_cache=a.adversarial_cache)
         else:  # one Ray task (a GPU when the cluster has one), like the encode job's workers
             import ray
 

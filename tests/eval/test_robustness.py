@@ -152,6 +152,28 @@ def test_frozen_and_fine_tuned_lite0_backbones_are_attacked(tmp_path, trainable)
     assert [p.requires_grad for p in backbone.parameters()] == before
 
 
+def test_adversarial_cache_reads_back_an_identical_attack(tmp_path):
+    """The cache key is the checkpoint's files, the query pixels and the attack: the same attack is
+    read back (not recomputed: a doctored file shows through), any change computes a new one."""
+    model, x, _ = train_checkpoint(tmp_path / "ckpt", "wsdhq")
+    ckpt, cache, q = str(tmp_path / "ckpt"), str(tmp_path / "cache"), x[:12]
+    cfg = R.RobustnessConfig(eps=[8], steps=2, batch_size=5)
+    a = R.adversarial_queries(model, ckpt, q, cfg, 8, cache, log=lambda s: None)
+    assert torch.equal(a, R.adversarial_queries(model, ckpt, q, cfg, 8))  # = the uncached attack
+    files = sorted((tmp_path / "cache").iterdir())
+    assert len(files) == 1
+    torch.save(q.clone(), files[0])  # doctored: the clean queries
+    assert torch.equal(R.adversarial_queries(model, ckpt, q, cfg, 8, cache, log=lambda s: None), q)
+    for other_cfg, eps, other_q in ((cfg, 4, q), (R.RobustnessConfig(eps=[8], steps=2, seed=1, batch_size=5), 8, q),
+                                    (R.RobustnessConfig(eps=[8], steps=2, batch_size=6), 8, q), (cfg, 8, x[1:13])):
+        b = R.adversarial_queries(model, ckpt, other_q, other_cfg, eps, cache, log=lambda s: None)
+        assert not torch.equal(b, other_q)
+    assert len(list((tmp_path / "cache").iterdir())) == 5
+    torch.save(q[:3].clone(), files[0])
+    with pytest.raises(R.RobustnessError, match="adversarial-cache .* holds"):
+        R.adversarial_queries(model, ckpt, q, cfg, 8, cache)
+
+
 def test_feature_checkpoints_are_refused(tmp_path):
     from tests.eval.conftest import make_checkpoint
     from trainer.inference import load_inference
@@ -260,6 +282,32 @@ def test_cli_report_white_box_and_transfer(tmp_path):
     bad = list(argv)
     bad[bad.index(str(tmp_path / "ckpt"))] = str(tmp_path / "other")
     assert R.main(bad) == 2
+
+
+def test_cli_transfer_and_white_box_share_the_cache(tmp_path):
+    """--adversarial-cache: a transfer run crafted on model B leaves B's attacks, which B's own
+    white-box run then reads back (the two reports' rows agree exactly where they are the same attack)."""
+    import json
+
+    from eval.encode import main as encode_main
+
+    argv = ["--local", *cli_setup(tmp_path), "--adversarial-cache", str(tmp_path / "cache")]
+    assert R.main(argv) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # 2 budgets x (white-box on A, crafted on B)
+    first = json.loads((tmp_path / "report" / "robustness.json").read_text())
+    # the same run again: every attack read back, the same report
+    assert R.main(argv) == 0
+    assert json.loads((tmp_path / "report" / "robustness.json").read_text()) == first
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    # B as the target, A as the source: both attacks exist already
+    assert encode_main(["--local", "--checkpoint", str(tmp_path / "other"), "--shards", str(tmp_path / "db"),
+                        "--out", str(tmp_path / "codes-b"), "features=false"]) == 0
+    swap = {str(tmp_path / "ckpt"): str(tmp_path / "other"), str(tmp_path / "other"): str(tmp_path / "ckpt"),
+            str(tmp_path / "codes"): str(tmp_path / "codes-b"), str(tmp_path / "report"): str(tmp_path / "report-b")}
+    assert R.main([swap.get(a, a) for a in argv]) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    b = json.loads((tmp_path / "report-b" / "robustness.json").read_text())
+    assert b["white_box"][1]["code_flips_per_query"] > 0
 
 
 @pytest.mark.ray
