@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,8 +86,25 @@ def _check_images(x: torch.Tensor) -> None:
                          "the attack perturbs pixels, so feature checkpoints (encoder.kind=mlp) cannot be attacked")
 
 
+@contextmanager
+def graph_through_frozen_backbone(model):
+    """A frozen EfficientNet-Lite backbone (``encoder.trainable=0``) runs its forward without a graph
+    (it trains nothing, so training saves the memory); the attack needs d(embedding)/d(pixels)
+    through it. Inside this context its forward builds the graph; its weights stay frozen
+    (``requires_grad`` False), only the input's gradient flows. Fine-tuned backbones are untouched."""
+    frozen = [m for m in model.encoder.modules() if getattr(m, "trainable", None) == 0]
+    for m in frozen:
+        m.trainable = -1  # only the forward's gate reads it here; the weights' requires_grad is kept
+    try:
+        yield
+    finally:
+        for m in frozen:
+            m.trainable = 0
+
+
 def embed_with_grad(model, x: torch.Tensor) -> torch.Tensor:
-    """``InferenceModel.embed`` without its ``no_grad``: the attack needs d(embedding)/d(pixels)."""
+    """``InferenceModel.embed`` without its ``no_grad``: the attack needs d(embedding)/d(pixels)
+    (call it inside ``graph_through_frozen_backbone`` for a frozen backbone)."""
     return reading_target(model.encoder(x), model.space)
 
 
@@ -139,8 +157,9 @@ def attack(model, x: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
         adv = (clean + (torch.rand(clean.shape, generator=g) * 2 - 1).to(clean) * eps).clamp(0, 1)
     for _ in range(cfg.steps):
         adv.requires_grad_(True)
-        obj = attack_objective(codeword_logits(q, embed_with_grad(model, to_normalised(adv)), cfg.alpha),
-                               clean_logits, clean_codes, cfg.loss).sum()
+        with graph_through_frozen_backbone(model):
+            e = embed_with_grad(model, to_normalised(adv))
+        obj = attack_objective(codeword_logits(q, e, cfg.alpha), clean_logits, clean_codes, cfg.loss).sum()
         (grad,) = torch.autograd.grad(obj, adv)
         with torch.no_grad():
             adv = adv + cfg.step * grad.sign()
@@ -252,6 +271,62 @@ def _check_codes_from(checkpoint: str, manifest: dict, what: str) -> None:
                               f"{checkpoint}: rankings need the codes of the model that embeds the queries")
 
 
+def queries_digest(x: torch.Tensor) -> str:
+    """sha256 of the query tensor's bytes: the cache key's record of exactly which pixels were attacked."""
+    import hashlib
+
+    return hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def adversarial_queries(model, checkpoint: str, x: torch.Tensor, cfg: RobustnessConfig, eps: float,
+                        cache: str | None = None, digest: str | None = None, log=print) -> torch.Tensor:
+    """The attack at ``eps`` on every query, batch by batch. With ``cache`` (a directory, local or
+    s3://) an identical attack is read back instead of re-run: the key covers the checkpoint's files
+    (sha256), the query pixels, the attack settings, the batch (the random start is drawn per batch)
+    and the device. A white-box report on model A and a transfer report crafted on A then share
+    one attack, which on a CPU is most of their cost."""
+    def compute() -> torch.Tensor:
+        return torch.cat([attack(model, x[i:i + cfg.batch_size], cfg.attack(eps)) for i in range(0, len(x), cfg.batch_size)])
+
+    if not cache:
+        return compute()
+    import hashlib
+    import io
+    from dataclasses import asdict
+
+    from eval.encode import checkpoint_identity
+    from shards import storage
+
+    key = {"checkpoint_sha256": checkpoint_identity(checkpoint)["sha256"], "queries": digest or queries_digest(x),
+           "attack": asdict(cfg.attack(eps)), "batch_size": cfg.batch_size, "device": x.device.type}
+    url = storage.join(cache, "adv-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24] + ".pt")
+    if storage.exists(url):
+        adv = torch.load(io.BytesIO(storage.read_bytes(url)), map_location=x.device, weights_only=True)
+        if not isinstance(adv, torch.Tensor) or adv.shape != x.shape:
+            raise RobustnessError(f"--adversarial-cache {url}: holds {getattr(adv, 'shape', type(adv))}, not the "
+                                  f"{tuple(x.shape)} queries its key names; delete it")
+        log(f"  eps {eps:g}/255 on {checkpoint}: read back from {url}")
+        return adv
+    adv = compute()
+    buf = io.BytesIO()
+    torch.save(adv.cpu(), buf)
+    storage.write_bytes(url, buf.getvalue())
+    return adv
+
+
+def random_map(q_labels: np.ndarray, db_labels: np.ndarray, k: int, seeds: int = 5) -> dict:
+    """mAP@``k`` of seeded random rankings, mean over ``seeds`` permutations per query, both
+    conventions: the floor an attack is pushing towards. On a multi-label set where most pairs share
+    a label it is far above 0 (MIRFLICKR: ~0.47), so an attacked mAP reads against it."""
+    n, out = len(db_labels), {"skip": [], "zero": []}
+    for s in range(seeds):
+        rng = np.random.default_rng(s)
+        ids = np.stack([rng.permutation(n)[:k] for _ in range(len(q_labels))])
+        for c in out:
+            out[c].append(retrieval_map(ids, q_labels, db_labels, c))
+    return {c: float(np.mean(v)) for c, v in out.items()}
+
+
 def _scores(model, x, db, ql, dl, cfg, clean=None) -> tuple[dict, tuple]:
     ids, codes = ranking(model, x, db.codes, cfg.top_k, cfg.batch_size)
     row = {"mAP": {c: retrieval_map(ids, ql, dl, c) for c in ("skip", "zero")}}
@@ -294,9 +369,11 @@ def grid_png(x_clean: torch.Tensor, x_adv: torch.Tensor, keys: list[str], ids_cl
 
 
 def run(checkpoint: str, query_shards: str, database_codes: str, cfg: RobustnessConfig,
-        source_checkpoint: str | None = None, log=print, database_shards: str | None = None) -> dict:
+        source_checkpoint: str | None = None, log=print, database_shards: str | None = None,
+        adversarial_cache: str | None = None) -> dict:
     """Clean, white-box and (with ``source_checkpoint``) transfer mAP against ε; the result dict
-    (with ``database_shards``, ``grid_png`` holds the grid's PNG bytes, which ``write`` stores)."""
+    (with ``database_shards``, ``grid_png`` holds the grid's PNG bytes, which ``write`` stores;
+    ``adversarial_cache``: see ``adversarial_queries``)."""
     from eval.codes import label_matrix, load_code_set
     from trainer.inference import load_inference
 
@@ -321,9 +398,11 @@ def run(checkpoint: str, query_shards: str, database_codes: str, cfg: Robustness
     out = {"checkpoint": checkpoint, "source_checkpoint": source_checkpoint, "query_shards": query_shards,
            "database_codes": database_codes, "queries": len(keys), "database": len(db),
            "queries_without_labels": sum(not ls for ls in labels), "config": _config_dict(cfg),
-           "top_k": min(cfg.top_k, len(db)), "clean": clean_row, "white_box": [], "transfer": []}
+           "top_k": min(cfg.top_k, len(db)), "clean": clean_row,
+           "random": {"mAP": random_map(ql, dl, min(cfg.top_k, len(db)))}, "white_box": [], "transfer": []}
+    digest = queries_digest(x) if adversarial_cache else None
     for eps in cfg.eps:
-        adv = torch.cat([attack(model, x[i:i + cfg.batch_size], cfg.attack(eps)) for i in range(0, len(x), cfg.batch_size)])
+        adv = adversarial_queries(model, checkpoint, x, cfg, eps, adversarial_cache, digest, log)
         row, (ids_adv, _) = _scores(model, adv, db, ql, dl, cfg, clean)
         if database_shards and eps == max(cfg.eps):
             from eval.metrics import relevance
@@ -336,8 +415,7 @@ def run(checkpoint: str, query_shards: str, database_codes: str, cfg: Robustness
         out["white_box"].append({"eps": eps, **row})
         log(f"  white-box eps {eps}/255: mAP {row['mAP']['zero']:.4f} (clean {clean_row['mAP']['zero']:.4f})")
         if source is not None:
-            adv = torch.cat([attack(source, x[i:i + cfg.batch_size], cfg.attack(eps))
-                             for i in range(0, len(x), cfg.batch_size)])
+            adv = adversarial_queries(source, source_checkpoint, x, cfg, eps, adversarial_cache, digest, log)
             row, _ = _scores(model, adv, db, ql, dl, cfg, clean)
             out["transfer"].append({"eps": eps, **row})
             log(f"  transfer  eps {eps}/255: mAP {row['mAP']['zero']:.4f}")
@@ -362,6 +440,8 @@ def markdown(r: dict) -> str:
              f"| setting | ε | mAP@{k} zero | mAP@{k} skip | top-{nb} changed | code flips / query |",
              "|---|---|---|---|---|---|",
              f"| clean | 0 | {r['clean']['mAP']['zero']:.4f} | {r['clean']['mAP']['skip']:.4f} | 0 | 0 |"]
+    if "random" in r:
+        lines.append(f"| random ranking (5 seeds) | | {r['random']['mAP']['zero']:.4f} | {r['random']['mAP']['skip']:.4f} | | |")
     for name in ("white_box", "transfer"):
         for row in r[name]:
             lines.append(f"| {name.replace('_', '-')} | {row['eps']:g} | {row['mAP']['zero']:.4f} | "
@@ -383,6 +463,8 @@ def plot(r: dict, path: str) -> None:
             ax.plot([0] + [row["eps"] for row in r[name]],
                     [r["clean"]["mAP"]["zero"]] + [row["mAP"]["zero"] for row in r[name]], marker="o",
                     label=name.replace("_", "-"))
+    if "random" in r:
+        ax.axhline(r["random"]["mAP"]["zero"], color="grey", linestyle="--", label="random ranking")
     ax.set_xlabel("ε (1/255)")
     ax.set_ylabel(f"mAP@{r['top_k']} (zero)")
     ax.grid(alpha=0.3)
@@ -411,8 +493,9 @@ def write(r: dict, out: str) -> None:
 
 
 def _job(args: tuple) -> dict:
-    checkpoint, query_shards, database_codes, cfg, source, database_shards = args
-    return run(checkpoint, query_shards, database_codes, cfg, source, database_shards=database_shards)
+    checkpoint, query_shards, database_codes, cfg, source, database_shards, cache = args
+    return run(checkpoint, query_shards, database_codes, cfg, source, database_shards=database_shards,
+               adversarial_cache=cache)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source-checkpoint", help="black-box transfer: craft the queries on this model")
     p.add_argument("--database-shards", help="the database's shard set: adds grid.png (clean vs perturbed "
                                              "queries and their top results)")
+    p.add_argument("--adversarial-cache", help="directory (or s3://) keeping each attack's perturbed queries: "
+                                               "an identical attack (same checkpoint files, query pixels, settings, "
+                                               "batch, device) is read back, e.g. A's white-box run and a transfer "
+                                               "run crafted on A")
     p.add_argument("--config", help="YAML with RobustnessConfig fields")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eps=[2,4,8] steps=10 max_queries=100")
@@ -433,10 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = tconfig.load(RobustnessConfig, a.config, a.overrides)
-        args = (a.checkpoint, a.query_shards, a.database_codes, cfg, a.source_checkpoint, a.database_shards)
+        args = (a.checkpoint, a.query_shards, a.database_codes, cfg, a.source_checkpoint, a.database_shards,
+                a.adversarial_cache)
         if a.local:
             r = run(*args[:4], source_checkpoint=a.source_checkpoint, log=lambda s: print(s, flush=True),
-                    database_shards=a.database_shards)
+                    database_shards=a.database_shards, adversarial_cache=a.adversarial_cache)
         else:  # one Ray task (a GPU when the cluster has one), like the encode job's workers
             import ray
 

@@ -6,6 +6,8 @@ the class gap, so a working attack must move queries across classes while a brok
 """
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +117,63 @@ def test_larger_budget_hurts_more(trained):
     assert maps[1] < maps[0] - 0.3
 
 
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite_pytorch") is None,
+                    reason="needs the 'pretrained' extra (EfficientNet-Lite weights)")
+@pytest.mark.parametrize("trainable", [0, 2])
+def test_frozen_and_fine_tuned_lite0_backbones_are_attacked(tmp_path, trainable):
+    """A frozen Lite0 (encoder.trainable=0) builds no graph in its forward; the attack must still
+    reach the pixels through it (it raised 'not used in the graph' before), and leave it frozen."""
+    from trainer.encoders import EncoderConfig
+    from trainer.inference import load_inference, save_inference
+    from trainer.methods import build_method, label_embeddings, method_config
+
+    torch.manual_seed(0)
+    x, _ = images(16, 0)
+    x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)  # Lite0 at 32 px
+    enc = EncoderConfig(kind="efficientnet_lite0", trainable=trainable)
+    method = build_method(method_config(name="wsdhq", embed_dim=8, M=2, K=4, seed=0), enc, label_embeddings(4, 8))
+    method.encoder.eval()
+    with torch.no_grad():
+        method.codebook_update(method.embed(x))
+    save_inference(str(tmp_path / "ckpt"), method, {"epoch": 1}, image_size=32)
+    model = load_inference(str(tmp_path / "ckpt"))
+    backbone = model.encoder.backbone
+    assert backbone.trainable == (0 if trainable == 0 else 2)
+    before = [p.requires_grad for p in backbone.parameters()]
+    x0 = R.to_pixels(x[:4]).clamp(0, 1)
+    adv = R.attack(model, x[:4], R.AttackConfig(eps=8, steps=1, random_start=False))
+    moved = (R.to_pixels(adv) - x0).abs()
+    # one sign step of 2.5·8 = 20/255 from the clean image, clipped to the ε-ball of 8/255: a pixel
+    # whose gradient is non-zero lands on the budget (or on the [0, 1] edge), one without stays put
+    at_budget = (moved - 8 / 255).abs() < 1e-6
+    at_edge = ((R.to_pixels(adv) < 1e-6) | (R.to_pixels(adv) > 1 - 1e-6)) & (moved > 0)
+    assert float((at_budget | at_edge).float().mean()) > 0.99
+    assert backbone.trainable == (0 if trainable == 0 else 2)  # restored, frozen weights untouched
+    assert [p.requires_grad for p in backbone.parameters()] == before
+
+
+def test_adversarial_cache_reads_back_an_identical_attack(tmp_path):
+    """The cache key is the checkpoint's files, the query pixels and the attack: the same attack is
+    read back (not recomputed: a doctored file shows through), any change computes a new one."""
+    model, x, _ = train_checkpoint(tmp_path / "ckpt", "wsdhq")
+    ckpt, cache, q = str(tmp_path / "ckpt"), str(tmp_path / "cache"), x[:12]
+    cfg = R.RobustnessConfig(eps=[8], steps=2, batch_size=5)
+    a = R.adversarial_queries(model, ckpt, q, cfg, 8, cache, log=lambda s: None)
+    assert torch.equal(a, R.adversarial_queries(model, ckpt, q, cfg, 8))  # = the uncached attack
+    files = sorted((tmp_path / "cache").iterdir())
+    assert len(files) == 1
+    torch.save(q.clone(), files[0])  # doctored: the clean queries
+    assert torch.equal(R.adversarial_queries(model, ckpt, q, cfg, 8, cache, log=lambda s: None), q)
+    for other_cfg, eps, other_q in ((cfg, 4, q), (R.RobustnessConfig(eps=[8], steps=2, seed=1, batch_size=5), 8, q),
+                                    (R.RobustnessConfig(eps=[8], steps=2, batch_size=6), 8, q), (cfg, 8, x[1:13])):
+        b = R.adversarial_queries(model, ckpt, other_q, other_cfg, eps, cache, log=lambda s: None)
+        assert not torch.equal(b, other_q)
+    assert len(list((tmp_path / "cache").iterdir())) == 5
+    torch.save(q[:3].clone(), files[0])
+    with pytest.raises(R.RobustnessError, match="adversarial-cache .* holds"):
+        R.adversarial_queries(model, ckpt, q, cfg, 8, cache)
+
+
 def test_feature_checkpoints_are_refused(tmp_path):
     from tests.eval.conftest import make_checkpoint
     from trainer.inference import load_inference
@@ -154,6 +213,16 @@ def test_retrieval_map_conventions():
     # query 0: ranks a relevant item first (AP 1); query 1: no relevant item in its top 2
     assert R.retrieval_map(ids, ql, dl, "skip") == 1.0
     assert R.retrieval_map(ids, ql, dl, "zero") == 0.5
+
+
+def test_random_map_is_the_floor_of_a_random_ranking():
+    db = np.eye(2, dtype=np.int64)[np.arange(400) % 2]  # half the database shares each query's label
+    q = np.eye(2, dtype=np.int64)[[0, 1, 0]]
+    assert R.random_map(q, np.ones((400, 2), np.int64), 400) == {"skip": 1.0, "zero": 1.0}
+    r = R.random_map(q, db, 400)
+    # AP of a random ranking with 200 of 400 relevant is ~0.5 (measured 0.514 over 5 seeds x 3 queries)
+    assert r["skip"] == r["zero"] and abs(r["skip"] - 0.5) < 0.03
+    assert R.random_map(q, db, 400) == r  # seeded
 
 
 def write_image_shards(url, x: torch.Tensor, y: np.ndarray, prefix: str) -> None:
@@ -213,6 +282,9 @@ def test_cli_report_white_box_and_transfer(tmp_path):
     assert r["transfer"][1]["mAP"]["zero"] <= 0.5
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| white-box | 16 |" in text and "| transfer | 16 |" in text
+    # random rankings of the 4 classes: measured mAP@50 0.307 (the white-box 16/255 row goes below it)
+    assert 0.25 < r["random"]["mAP"]["zero"] < 0.37
+    assert "| random ranking (5 seeds) |" in text
     assert (tmp_path / "report" / "map_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
     from PIL import Image
 
@@ -223,6 +295,32 @@ def test_cli_report_white_box_and_transfer(tmp_path):
     bad = list(argv)
     bad[bad.index(str(tmp_path / "ckpt"))] = str(tmp_path / "other")
     assert R.main(bad) == 2
+
+
+def test_cli_transfer_and_white_box_share_the_cache(tmp_path):
+    """--adversarial-cache: a transfer run crafted on model B leaves B's attacks, which B's own
+    white-box run then reads back (the two reports' rows agree exactly where they are the same attack)."""
+    import json
+
+    from eval.encode import main as encode_main
+
+    argv = ["--local", *cli_setup(tmp_path), "--adversarial-cache", str(tmp_path / "cache")]
+    assert R.main(argv) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # 2 budgets x (white-box on A, crafted on B)
+    first = json.loads((tmp_path / "report" / "robustness.json").read_text())
+    # the same run again: every attack read back, the same report
+    assert R.main(argv) == 0
+    assert json.loads((tmp_path / "report" / "robustness.json").read_text()) == first
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    # B as the target, A as the source: both attacks exist already
+    assert encode_main(["--local", "--checkpoint", str(tmp_path / "other"), "--shards", str(tmp_path / "db"),
+                        "--out", str(tmp_path / "codes-b"), "features=false"]) == 0
+    swap = {str(tmp_path / "ckpt"): str(tmp_path / "other"), str(tmp_path / "other"): str(tmp_path / "ckpt"),
+            str(tmp_path / "codes"): str(tmp_path / "codes-b"), str(tmp_path / "report"): str(tmp_path / "report-b")}
+    assert R.main([swap.get(a, a) for a in argv]) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    b = json.loads((tmp_path / "report-b" / "robustness.json").read_text())
+    assert b["white_box"][1]["code_flips_per_query"] > 0
 
 
 @pytest.mark.ray
