@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,25 +85,9 @@ def _check_images(x: torch.Tensor) -> None:
                          "the attack perturbs pixels, so feature checkpoints (encoder.kind=mlp) cannot be attacked")
 
 
-@contextmanager
-def graph_through_frozen_backbone(model):
-    """A frozen EfficientNet-Lite backbone (``encoder.trainable=0``) runs its forward without a graph
-    (it trains nothing, so training saves the memory); the attack needs d(embedding)/d(pixels)
-    through it. Inside this context its forward builds the graph; its weights stay frozen
-    (``requires_grad`` False), only the input's gradient flows. Fine-tuned backbones are untouched."""
-    frozen = [m for m in model.encoder.modules() if getattr(m, "trainable", None) == 0]
-    for m in frozen:
-        m.trainable = -1  # only the forward's gate reads it here; the weights' requires_grad is kept
-    try:
-        yield
-    finally:
-        for m in frozen:
-            m.trainable = 0
-
-
 def embed_with_grad(model, x: torch.Tensor) -> torch.Tensor:
     """``InferenceModel.embed`` without its ``no_grad``: the attack needs d(embedding)/d(pixels)
-    (call it inside ``graph_through_frozen_backbone`` for a frozen backbone)."""
+    (a frozen backbone builds its graph because the pixels require a gradient)."""
     return reading_target(model.encoder(x), model.space)
 
 
@@ -157,8 +140,7 @@ def attack(model, x: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
         adv = (clean + (torch.rand(clean.shape, generator=g) * 2 - 1).to(clean) * eps).clamp(0, 1)
     for _ in range(cfg.steps):
         adv.requires_grad_(True)
-        with graph_through_frozen_backbone(model):
-            e = embed_with_grad(model, to_normalised(adv))
+        e = embed_with_grad(model, to_normalised(adv))
         obj = attack_objective(codeword_logits(q, e, cfg.alpha), clean_logits, clean_codes, cfg.loss).sum()
         (grad,) = torch.autograd.grad(obj, adv)
         with torch.no_grad():

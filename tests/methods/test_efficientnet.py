@@ -109,6 +109,22 @@ def test_encoder_config_builds_a_trainable_head_on_the_frozen_backbone():
     assert all(p.grad is None for p in enc.backbone.parameters())
 
 
+
+def test_a_frozen_backbone_builds_a_graph_only_for_an_input_that_asks_for_a_gradient():
+    """Training a head on a frozen backbone keeps no activations; an adversarial query (eval.robustness)
+    needs d(embedding)/d(pixels) through the same frozen weights."""
+    backbone = efficientnet_lite("efficientnet_lite0", None, trainable=0, freeze_bn=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert backbone(x).grad_fn is None
+    pixels = x.clone().requires_grad_(True)
+    out = backbone(pixels)
+    assert out.grad_fn is not None
+    (grad,) = torch.autograd.grad(out.sum(), pixels)
+    assert grad.shape == x.shape and float(grad.abs().sum()) > 0
+    assert all(p.grad is None and not p.requires_grad for p in backbone.parameters())
+    with torch.no_grad():
+        assert backbone(pixels).grad_fn is None
+
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_imagenet_head_sees_dogs_in_real_mirflickr_dog_images(mirflickr_real):

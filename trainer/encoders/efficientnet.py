@@ -110,11 +110,16 @@ class EfficientNetLite(nn.Module):
             self.net.eval()  # frozen: no dropout / drop-connect either
         return self
 
+    def _graph(self, x: torch.Tensor):
+        """A frozen backbone trains nothing, so its forward builds no graph (training's memory), unless
+        the input itself asks for a gradient (an adversarial query: d(embedding)/d(pixels))."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and (self.trainable != 0 or x.requires_grad))
+
     def features_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x * self.in_scale + self.in_shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable != 0):  # frozen: no graph
+        with self._graph(x):
             return self.net._avg_pooling(self.features_map(x)).flatten(1)
 
     def stage_channels(self) -> list[int]:
@@ -137,7 +142,7 @@ class EfficientNetLite(nn.Module):
         if not want or min(want) < 0 or max(want) > top:
             raise ValueError(f"encoder.pyramid_stages: {sorted(want)} out of range 0..{top}")
         out = {}
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable != 0):  # frozen: no graph
+        with self._graph(x):
             x = n._swish(n._bn0(n._conv_stem(x * self.in_scale + self.in_shift)))
             out[0] = x
             for i, block in enumerate(n._blocks[:max(want)]):
