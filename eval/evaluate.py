@@ -262,7 +262,7 @@ def baseline_inputs(cfg: EvaluateConfig, query: CodeSet, db: CodeSet, train: Cod
 def run_baselines(cfg: EvaluateConfig, prefixes: list[int], nbits: int, k: int, x: dict | None, add, log
                   ) -> list[str]:
     """Rows for every baseline x projection x prefix; returns the notes (what ran, what was skipped)."""
-    from eval.baselines import projection
+    from eval.baselines import few_points_note, projection
 
     if x is None:
         return ["no features to train the baselines on: baselines skipped (encode with features on, "
@@ -271,6 +271,9 @@ def run_baselines(cfg: EvaluateConfig, prefixes: list[int], nbits: int, k: int, 
     notes = [f"baselines trained unsupervised on the {x['source']} features "
              f"({min(len(x['train']), bc.max_train)} sampled){', L2-normalised' if bc.normalize else ''}, "
              "scored by AQD (inner product of the query with the reconstruction)"]
+    few = few_points_note(min(len(x["train"]), bc.max_train), nbits, bc.methods)
+    if few:
+        notes.append(few)
     if bc.normalize:
         x = {**x, **{k: _unit(x[k]) for k in ("train", "database", "query")}}
     if bc.on == "inputs":  # the inputs' own float ranking: the bar any code of them is measured against

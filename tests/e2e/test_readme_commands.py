@@ -145,3 +145,6 @@ def test_every_readme_pipeline_command_runs_as_written(mirflickr_real, s3_server
     assert re.search(r"mAP@5000 skip=\d\.\d{4}", out)
     # OPQ trains an 8-bit PQ inside whatever the code size: 256 centroids from ~45 vectors is refused
     assert any(n.startswith("opq: faiss cannot train it on") for n in report["notes"]), report["notes"]
+    # faiss's per-iteration k-means warning is one note instead (K=16: 39 x 16 = 624 vectors asked for)
+    few = [n for n in report["notes"] if "faiss's k-means asks for" in n]
+    assert len(few) == 1 and re.search(r": trained on \d+ vectors, fewer than the 624 ", few[0]), report["notes"]

@@ -165,3 +165,22 @@ def test_projected_baselines_keep_the_inner_product_reading_of_the_mapped_space(
     pca = projection("pca", x, 8)
     np.testing.assert_allclose(pca.T @ pca, np.eye(8), atol=1e-5)  # orthonormal principal directions
     assert projection("none", x, 8) is None
+
+
+def test_baselines_on_few_vectors_train_silently_and_the_report_says_so_once(capfd):
+    """faiss's k-means prints its 'please provide at least 39·K training points' line per sub-quantizer
+    and iteration (dozens for OPQ); the baselines silence it without changing the clustering (the
+    threshold only gates the message) and evaluate states it once as a note."""
+    from eval.baselines import few_points_note
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 32)).astype(np.float32)
+    for method in ("pq", "opq", "residual"):
+        b = train_baseline(method, x, x[:20], x[:5], 2, 8)
+        assert b.db_codes.shape == (20, 2)
+    assert capfd.readouterr().err == ""
+    assert few_points_note(300, 8, ["pq", "opq", "lsq", "random"]) == (
+        "pq, opq: trained on 300 vectors, fewer than the 9,984 faiss's k-means asks for (39 per centroid, "
+        "K=256); they are compared as faiss trains them at this size")
+    assert few_points_note(624, 4, ["pq", "residual"]) is None  # 39 x 16: enough
+    assert few_points_note(300, 8, ["lsq", "random"]) is None  # no k-means among them
