@@ -64,21 +64,9 @@ class BackboneRunner(Runner):
         run = f"{name}-s{seed}"
         report = self.out / "reports" / run / "report.json"
         if not report.is_file():
-            runs = self.out / "runs"
-            self.sh("-m", "trainer.train", "--config", CONFIG, f"data.train={data / 'train'}",
-                    f"data.tags={tags or data / 'tags'}", f"storage.path={runs}", f"storage.name={run}",
-                    "scaling.num_workers=0", f"training.seed={seed}", f"reader.seed={seed}",
-                    f"method.seed={seed}", *overrides)
-            self.sh("-m", "eval.encode", "--checkpoint", str(runs / run / "final"), "--shards", str(data),
-                    "--out", str(self.out / "codes" / run), "--local")
             on = name.startswith("wsdhq-") if baselines_on is None else baselines_on
-            baselines = list(BASELINES) if on else []
-            self.sh("-m", "eval.evaluate", "--query", str(self.out / "codes" / run / "query"), "--database",
-                    str(self.out / "codes" / run / "database"), "--out", str(report.parent),
-                    "--train-shards", str(data / "train"), "--query-shards", str(data / "query"),
-                    "--database-shards", str(data / "database"), "top_k=all",
-                    f"baselines.methods={json.dumps(baselines)}", "baselines.on=inputs", "baselines.normalize=true",
-                    f"baselines.projections={json.dumps(list(PROJECTIONS))}", f"baselines.seed={seed}")
+            self.run_model(run, CONFIG, data / "train", tags or data / "tags", data, seed, overrides,
+                           list(BASELINES) if on else [], PROJECTIONS)
         rows = json.loads(report.read_text())["rows"]
         return {f"{r['method']}|{r['scoring']}|{r['bits']}": r["metrics"]["mAP"] for r in rows}
 

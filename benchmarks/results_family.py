@@ -89,19 +89,8 @@ class FamilyRunner(Runner):
         runs = self.out / "runs"
         train = untagged_train_set(features) if TRAIN_SPLIT.get(name) == "database" else features / "train"
         if not report.is_file():
-            self.sh("-m", "trainer.train", "--config", CONFIG, f"data.train={train}",
-                    f"data.tags={tags}", f"storage.path={runs}", f"storage.name={run}",
-                    "scaling.num_workers=0", f"training.seed={seed}", f"reader.seed={seed}",
-                    f"method.seed={seed}", *overrides)
-            self.sh("-m", "eval.encode", "--checkpoint", str(runs / run / "final"), "--shards", str(features),
-                    "--out", str(self.out / "codes" / run), "--local")
-            baselines = list(TAGLESS_BASELINES) if name in TAGLESS else []
-            self.sh("-m", "eval.evaluate", "--query", str(self.out / "codes" / run / "query"), "--database",
-                    str(self.out / "codes" / run / "database"), "--out", str(report.parent),
-                    "--train-shards", str(train), "--query-shards", str(features / "query"),
-                    "--database-shards", str(features / "database"), "top_k=all",
-                    f"baselines.methods={json.dumps(baselines)}", "baselines.on=inputs", "baselines.normalize=true",
-                    f"baselines.projections={json.dumps(list(PROJECTIONS))}", f"baselines.seed={seed}")
+            self.run_model(run, CONFIG, train, tags, features, seed, overrides,
+                           list(TAGLESS_BASELINES) if name in TAGLESS else [], PROJECTIONS)
         rows = json.loads(report.read_text())["rows"]
         metrics = json.loads((runs / run / "final" / "metrics.json").read_text())
         later = [m["epoch_seconds"] for m in metrics[1:]] or [metrics[0]["epoch_seconds"]]

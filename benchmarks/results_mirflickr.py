@@ -70,6 +70,24 @@ class Runner:
         tail = [line for line in done.stdout.splitlines() if line.strip()][-1:]
         print(f"  ok in {time.perf_counter() - t:.0f}s: {tail[0][:160] if tail else ''}", flush=True)
 
+    def run_model(self, run: str, config: str, train: Path, tags: Path, data: Path, seed: int,
+                  overrides: list[str], baselines: list[str], projections: tuple[str, ...]) -> Path:
+        """Train ``run`` (local mode) on ``train``, encode ``data``'s splits and evaluate them with the
+        faiss ``baselines`` trained on ``train``'s input features; returns the report's path."""
+        runs, codes = self.out / "runs", self.out / "codes" / run
+        report = self.out / "reports" / run / "report.json"
+        self.sh("-m", "trainer.train", "--config", config, f"data.train={train}", f"data.tags={tags}",
+                f"storage.path={runs}", f"storage.name={run}", "scaling.num_workers=0", f"training.seed={seed}",
+                f"reader.seed={seed}", f"method.seed={seed}", *overrides)
+        self.sh("-m", "eval.encode", "--checkpoint", str(runs / run / "final"), "--shards", str(data),
+                "--out", str(codes), "--local")
+        self.sh("-m", "eval.evaluate", "--query", str(codes / "query"), "--database", str(codes / "database"),
+                "--out", str(report.parent), "--train-shards", str(train), "--query-shards", str(data / "query"),
+                "--database-shards", str(data / "database"), "top_k=all",
+                f"baselines.methods={json.dumps(baselines)}", "baselines.on=inputs", "baselines.normalize=true",
+                f"baselines.projections={json.dumps(list(projections))}", f"baselines.seed={seed}")
+        return report
+
     def data(self) -> Path:
         root = self.out / "data"
         if not (root / "database" / "manifest.json").is_file():

@@ -224,8 +224,7 @@ def reads_embeddings(cfg: MethodConfig) -> bool:
     """Whether the objective compares the image embedding with the tag / label embeddings V (so
     ``method.embed_dim`` must be V's dimension). The tagless objectives (MeCoQ, MoPQ with
     ``keys=views``) train on views only; their embedding dimension is free."""
-    kind = cfg.loss.kind
-    return not (kind == "mecoq" or (kind == "mopq" and cfg.loss.keys == "views"))
+    return OBJECTIVES[cfg.loss.kind].targets_used(cfg.loss)
 
 
 def build_method(cfg: MethodConfig, encoder_cfg: EncoderConfig, V) -> Method:

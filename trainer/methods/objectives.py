@@ -17,7 +17,19 @@ from trainer.losses import adaptive_margin_loss, adaptive_margins, classificatio
 from trainer.methods.config import MarginLossConfig, MeCoQLossConfig, MethodSpec, MoPQLossConfig, Views
 
 
-class MarginObjective:
+class Objective:
+    @staticmethod
+    def targets_used(cfg) -> bool:
+        """Whether the loss compares the embedding with the tag / label embeddings V (so
+        ``method.embed_dim`` must be V's dimension, and batches carry their targets)."""
+        return True
+
+    @property
+    def uses_targets(self) -> bool:
+        return self.targets_used(self.cfg)
+
+
+class MarginObjective(Objective):
     """The adaptive cosine-margin loss between image embeddings f and the tag (or label) embeddings V
     of each image's positives; with a classifier (DPQ), its classification loss on the labels too."""
 
@@ -26,7 +38,6 @@ class MarginObjective:
         self.V = V
         self.margins = adaptive_margins(V, cfg.gamma)
 
-    uses_targets = True
 
     def loss(self, out: dict, y: torch.Tensor, epoch: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         f = out["f"]
@@ -81,7 +92,7 @@ def debiased_contrastive(z1: torch.Tensor, z2: torch.Tensor, memory: torch.Tenso
     return -(pos_e / (pos_e + neg)).log().mean()
 
 
-class MeCoQObjective:
+class MeCoQObjective(Objective):
     """MeCoQ (no tags): the debiased contrastive loss between two views' soft reconstructions,
     the entropy of the soft codes, the codeword diversity term, and the code memory.
 
@@ -94,7 +105,9 @@ class MeCoQObjective:
     all-gather of B·M·K floats per step, which the step's gather of the views carries anyway.
     """
 
-    uses_targets = False
+    @staticmethod
+    def targets_used(cfg: MeCoQLossConfig) -> bool:
+        return False  # views only: the embedding dimension is free
 
     def __init__(self, cfg: MeCoQLossConfig, V: torch.Tensor, spec: MethodSpec):
         self.cfg = cfg
@@ -143,7 +156,7 @@ class MeCoQObjective:
         self.memory = state["memory"].float().clone()
 
 
-class MoPQObjective:
+class MoPQObjective(Objective):
     """MoPQ's Multinoulli contrastive loss: each row's other side must pick its own row's
     straight-through hard reconstruction k̂ among the batch's (gathered across workers),
     L = −(1/B) Σ_i log softmax_j(⟨q_i, k̂_j⟩/T) + w·the same on the unquantized k.
@@ -157,9 +170,12 @@ class MoPQObjective:
     (counted in the ``untagged`` term).
     """
 
+    @staticmethod
+    def targets_used(cfg: MoPQLossConfig) -> bool:
+        return cfg.keys == "tags"
+
     def __init__(self, cfg: MoPQLossConfig, V: torch.Tensor, spec: MethodSpec):
         self.cfg = cfg
-        self.uses_targets = cfg.keys == "tags"
         self.V = F.normalize(V, dim=1)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
